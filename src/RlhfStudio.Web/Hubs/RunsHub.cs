@@ -1,0 +1,29 @@
+using Microsoft.AspNetCore.SignalR;
+
+namespace RlhfStudio.Web.Hubs;
+
+/// <summary>The studio's live channel at <c>/hubs/runs</c>. Clients join the group of a run they watch
+/// (<see cref="WatchRun"/>) or the "system" group (machine benchmark); run-list changes go to everyone.
+/// Client-side method names are the constants of <see cref="HubEvents"/>.</summary>
+public sealed class RunsHub : Hub
+{
+    public const string Path = "/hubs/runs";
+    public const string SystemGroup = "system";
+
+    public static string RunGroup(long runId) => $"run-{runId}";
+
+    public Task WatchRun(long runId) => Groups.AddToGroupAsync(Context.ConnectionId, RunGroup(runId));
+
+    public Task UnwatchRun(long runId) => Groups.RemoveFromGroupAsync(Context.ConnectionId, RunGroup(runId));
+
+    public Task WatchSystem() => Groups.AddToGroupAsync(Context.ConnectionId, SystemGroup);
+}
+
+/// <summary>Names of the methods the hub calls on clients.</summary>
+public static class HubEvents
+{
+    public const string RunListChanged = "RunListChanged";
+    public const string BenchmarkProgress = "BenchmarkProgress";
+    public const string BenchmarkCompleted = "BenchmarkCompleted";
+    public const string BenchmarkFailed = "BenchmarkFailed";
+}

@@ -1,0 +1,71 @@
+using Microsoft.AspNetCore.SignalR;
+using RlhfStudio.Web.Hubs;
+
+namespace RlhfStudio.Web.Services;
+
+/// <summary>Something that happened in the studio that pages and hub clients may want to see.</summary>
+public abstract record StudioEvent;
+
+/// <summary>A run was created, changed status or was deleted.</summary>
+public sealed record RunListChanged(long RunId, string Status) : StudioEvent;
+
+/// <summary>The machine benchmark advanced.</summary>
+public sealed record BenchmarkProgress(double Fraction, string Phase) : StudioEvent;
+
+/// <summary>The machine benchmark finished and its result was stored.</summary>
+public sealed record BenchmarkCompleted(MachineBenchmarkDto Result) : StudioEvent;
+
+/// <summary>The machine benchmark failed.</summary>
+public sealed record BenchmarkFailed(string Message) : StudioEvent;
+
+/// <summary>Fans every studio event out twice: to the SignalR hub (external clients, API users, tests)
+/// and to in-process subscribers (Blazor components, which run on the server). Subscriptions are
+/// disposable; components subscribe on first render and dispose the subscription in Dispose.</summary>
+public sealed class StudioEvents(IHubContext<RunsHub> hub, ILogger<StudioEvents> logger)
+{
+    private readonly Lock _lock = new();
+    private Action<StudioEvent>[] _subscribers = [];
+
+    public IDisposable Subscribe(Action<StudioEvent> handler)
+    {
+        lock (_lock) _subscribers = [.. _subscribers, handler];
+        return new Subscription(this, handler);
+    }
+
+    public void Publish(StudioEvent e)
+    {
+        foreach (var s in Volatile.Read(ref _subscribers))
+        {
+            try { s(e); }
+            catch (Exception ex) { logger.LogWarning(ex, "A subscriber failed on {Event}", e.GetType().Name); }
+        }
+        _ = SendToHubAsync(e);
+    }
+
+    private async Task SendToHubAsync(StudioEvent e)
+    {
+        try
+        {
+            await (e switch
+            {
+                RunListChanged r => hub.Clients.All.SendAsync(HubEvents.RunListChanged, r.RunId, r.Status),
+                BenchmarkProgress p => hub.Clients.Group(RunsHub.SystemGroup).SendAsync(HubEvents.BenchmarkProgress, p.Fraction, p.Phase),
+                BenchmarkCompleted c => hub.Clients.Group(RunsHub.SystemGroup).SendAsync(HubEvents.BenchmarkCompleted, c.Result),
+                BenchmarkFailed f => hub.Clients.Group(RunsHub.SystemGroup).SendAsync(HubEvents.BenchmarkFailed, f.Message),
+                _ => Task.CompletedTask,
+            });
+        }
+        catch (Exception ex)
+        {
+            logger.LogWarning(ex, "Could not push {Event} to hub clients", e.GetType().Name);
+        }
+    }
+
+    private sealed class Subscription(StudioEvents owner, Action<StudioEvent> handler) : IDisposable
+    {
+        public void Dispose()
+        {
+            lock (owner._lock) owner._subscribers = owner._subscribers.Where(s => s != handler).ToArray();
+        }
+    }
+}

@@ -1,0 +1,34 @@
+namespace RlhfStudio.Web;
+
+/// <summary>The studio's settings (section "Studio" of appsettings.json). Relative paths are resolved
+/// against the content root.</summary>
+public sealed class StudioOptions
+{
+    public const string Section = "Studio";
+
+    /// <summary>Folder of the SQLite database, uploaded datasets and run outputs.</summary>
+    public string DataFolder { get; set; } = "data";
+    /// <summary>Folders under which model paths may lie.</summary>
+    public List<string> ModelRoots { get; set; } = [];
+    /// <summary>Folders under which dataset paths may lie.</summary>
+    public List<string> DatasetRoots { get; set; } = [];
+    /// <summary>Runs executed at once (training saturates the CPU: default 1).</summary>
+    public int MaxConcurrentRuns { get; set; } = 1;
+    /// <summary>Largest dataset upload accepted.</summary>
+    public long MaxUploadMegabytes { get; set; } = 2048;
+    /// <summary>Access token required when the studio listens on a non-loopback address.</summary>
+    public string? AccessToken { get; set; }
+    /// <summary>Matrix size of the machine benchmark (n x n by n x n).</summary>
+    public int BenchmarkMatrixSize { get; set; } = 2048;
+
+    /// <summary>Absolute data folder.</summary>
+    public string DataPath { get; private set; } = "";
+    public string RunsPath => Path.Combine(DataPath, "runs");
+
+    internal void Resolve(string contentRoot)
+    {
+        DataPath = Path.GetFullPath(Path.Combine(contentRoot, DataFolder));
+        ModelRoots = ModelRoots.Select(r => Path.GetFullPath(Path.Combine(contentRoot, r))).ToList();
+        DatasetRoots = DatasetRoots.Select(r => Path.GetFullPath(Path.Combine(contentRoot, r))).ToList();
+    }
+}

@@ -1,0 +1,76 @@
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Options;
+using MudBlazor.Services;
+using RlhfStudio.Data;
+using RlhfStudio.Web.Api;
+using RlhfStudio.Web.Components;
+using RlhfStudio.Web.Hubs;
+using RlhfStudio.Web.Services;
+using Scalar.AspNetCore;
+
+namespace RlhfStudio.Web;
+
+/// <summary>All of the studio's registration and endpoint mapping, so that Program.cs stays a few lines.</summary>
+public static class StudioServices
+{
+    public static IHostApplicationBuilder AddStudioServices(this IHostApplicationBuilder builder)
+    {
+        var options = new StudioOptions();
+        builder.Configuration.GetSection(StudioOptions.Section).Bind(options);
+        options.Resolve(builder.Environment.ContentRootPath);
+        builder.Services.AddSingleton(Options.Create(options));
+
+        builder.Services.AddDbContextFactory<StudioDbContext>(o => StudioDatabase.Configure(o, options.DataPath));
+        builder.Services.AddSingleton(_ => new MetricStore(StudioDatabase.ConnectionString(options.DataPath)));
+
+        builder.Services.AddSingleton<StudioEvents>();
+        builder.Services.AddSingleton<MachineBenchmarkService>();
+        builder.Services.AddSingleton<RunCatalog>();
+
+        builder.Services.AddSignalR();
+        builder.Services.AddRazorComponents().AddInteractiveServerComponents();
+        builder.Services.AddMudServices();
+        builder.Services.AddOpenApi();
+        builder.Services.AddProblemDetails();
+        builder.Services.AddHealthChecks().AddCheck<DatabaseHealthCheck>("database");
+        return builder;
+    }
+
+    /// <summary>Creates and migrates the database before the studio accepts requests.</summary>
+    public static async Task InitializeStudioAsync(this WebApplication app)
+    {
+        var options = app.Services.GetRequiredService<IOptions<StudioOptions>>().Value;
+        await StudioDatabase.InitializeAsync(options.DataPath);
+        Directory.CreateDirectory(options.RunsPath);
+        app.Logger.LogInformation("RlhfStudio data folder: {DataPath}", options.DataPath);
+    }
+
+    public static WebApplication MapStudio(this WebApplication app)
+    {
+        if (!app.Environment.IsDevelopment()) app.UseExceptionHandler();
+        app.UseStatusCodePages();
+        app.UseAntiforgery();
+        app.MapStaticAssets();
+
+        app.MapOpenApi();
+        app.MapScalarApiReference("/api/docs");
+        app.MapHealthChecks("/healthz");
+        app.MapSystemApi();
+        app.MapRunsApi();
+        app.MapHub<RunsHub>(RunsHub.Path);
+        app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
+        return app;
+    }
+
+    private sealed class DatabaseHealthCheck(IDbContextFactory<StudioDbContext> dbFactory) : IHealthCheck
+    {
+        public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancel = default)
+        {
+            await using var db = await dbFactory.CreateDbContextAsync(cancel);
+            return await db.Database.CanConnectAsync(cancel)
+                ? HealthCheckResult.Healthy("database reachable")
+                : HealthCheckResult.Unhealthy("database not reachable");
+        }
+    }
+}
