@@ -4,7 +4,7 @@ namespace RlhfStudio.Engine.Jobs;
 /// <summary>Supervised fine-tuning (TRL SFTConfig).</summary>
 public sealed record SftSpec : RunSpec
 {
-    public override TrainingMethod Method => TrainingMethod.Sft;
+    protected override TrainingMethod Kind => TrainingMethod.Sft;
 
     public SftSpec() => Training = new TrainingSettings { LearningRate = 2e-4 };
 
@@ -26,7 +26,7 @@ public sealed record SftSpec : RunSpec
 /// <summary>Reward modelling on preference pairs (TRL RewardConfig).</summary>
 public sealed record RewardSpec : RunSpec
 {
-    public override TrainingMethod Method => TrainingMethod.Reward;
+    protected override TrainingMethod Kind => TrainingMethod.Reward;
 
     public RewardSpec()
     {
@@ -110,7 +110,7 @@ public abstract record RlSpec : RunSpec
 /// <summary>Proximal policy optimisation with a value model (TRL PPOConfig).</summary>
 public sealed record PpoSpec : RlSpec
 {
-    public override TrainingMethod Method => TrainingMethod.Ppo;
+    protected override TrainingMethod Kind => TrainingMethod.Ppo;
 
     /// <summary>Value-loss coefficient (vf_coef).</summary>
     public double VfCoef { get; init; } = 0.1;
@@ -145,7 +145,7 @@ public sealed record PpoSpec : RlSpec
 /// <summary>REINFORCE leave-one-out (TRL RLOOConfig): k samples per prompt, the others' mean as baseline.</summary>
 public sealed record RlooSpec : RlSpec
 {
-    public override TrainingMethod Method => TrainingMethod.Rloo;
+    protected override TrainingMethod Kind => TrainingMethod.Rloo;
 
     /// <summary>Samples per prompt (rloo_k / num_generations).</summary>
     public int RlooK { get; init; } = 4;
@@ -159,7 +159,7 @@ public sealed record RlooSpec : RlSpec
 /// <summary>Direct preference optimisation (TRL DPOConfig, sigmoid loss).</summary>
 public sealed record DpoSpec : RunSpec
 {
-    public override TrainingMethod Method => TrainingMethod.Dpo;
+    protected override TrainingMethod Kind => TrainingMethod.Dpo;
 
     public DpoSpec()
     {

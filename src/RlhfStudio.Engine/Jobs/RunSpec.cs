@@ -199,7 +199,10 @@ public sealed record SamplingSettings
 [JsonDerivedType(typeof(DpoSpec), "dpo")]
 public abstract record RunSpec
 {
-    [JsonIgnore] public abstract TrainingMethod Method { get; }
+    [JsonIgnore] public TrainingMethod Method => Kind;
+
+    /// <summary>The method this spec is for (protected so that it never clashes with the JSON discriminator).</summary>
+    protected abstract TrainingMethod Kind { get; }
 
     /// <summary>A name for the run, shown in lists.</summary>
     public string Name { get; init; } = "";
