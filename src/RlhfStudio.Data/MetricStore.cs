@@ -8,12 +8,11 @@ public readonly record struct MetricInput(long RunId, string Name, long Step, do
 /// <summary>A point read back.</summary>
 public readonly record struct MetricValue(long Step, double Value, long TimeMs);
 
-/// <summary>Writes metric points in batches (one transaction, prepared statements) and reads series back.
-/// Metric points arrive by the thousand; going through EF change tracking for each would cost ~50x more.
+/// <summary>Reads metric series back (and writes plain metric batches through <see cref="RunJournal"/>).
 /// A point re-reported for the same (run, name, step), as after a resume, replaces the stored one.</summary>
 public sealed class MetricStore(string connectionString)
 {
-    private readonly Dictionary<(long RunId, string Name), long> _seriesIds = new();
+    private readonly RunJournal _journal = new(connectionString);
 
     /// <summary>Writes a batch in one transaction and returns how many points were stored. Non-finite values
     /// are skipped (a chart cannot draw them); trainers report a NaN loss as an event instead.</summary>
@@ -23,50 +22,9 @@ public sealed class MetricStore(string connectionString)
         await using var connection = new SqliteConnection(connectionString);
         await connection.OpenAsync(cancel);
         await using var tx = (SqliteTransaction)await connection.BeginTransactionAsync(cancel);
-
-        await using var insertSeries = connection.CreateCommand();
-        insertSeries.Transaction = tx;
-        insertSeries.CommandText = "INSERT INTO metric_series (RunId, Name) VALUES ($run, $name) ON CONFLICT(RunId, Name) DO NOTHING; " +
-                                   "SELECT Id FROM metric_series WHERE RunId = $run AND Name = $name;";
-        var sRun = insertSeries.Parameters.Add("$run", SqliteType.Integer);
-        var sName = insertSeries.Parameters.Add("$name", SqliteType.Text);
-
-        await using var insertPoint = connection.CreateCommand();
-        insertPoint.Transaction = tx;
-        insertPoint.CommandText = "INSERT INTO metric_points (SeriesId, Step, Value, TimeMs) VALUES ($s, $step, $v, $t) " +
-                                  "ON CONFLICT(SeriesId, Step) DO UPDATE SET Value = excluded.Value, TimeMs = excluded.TimeMs;";
-        var pSeries = insertPoint.Parameters.Add("$s", SqliteType.Integer);
-        var pStep = insertPoint.Parameters.Add("$step", SqliteType.Integer);
-        var pValue = insertPoint.Parameters.Add("$v", SqliteType.Real);
-        var pTime = insertPoint.Parameters.Add("$t", SqliteType.Integer);
-        insertPoint.Prepare();
-
-        int written = 0;
-        foreach (var m in batch)
-        {
-            if (!double.IsFinite(m.Value)) continue;
-            if (!_seriesIds.TryGetValue((m.RunId, m.Name), out var seriesId))
-            {
-                sRun.Value = m.RunId;
-                sName.Value = m.Name;
-                seriesId = (long)(await insertSeries.ExecuteScalarAsync(cancel))!;
-                _seriesIds[(m.RunId, m.Name)] = seriesId;
-            }
-            pSeries.Value = seriesId;
-            pStep.Value = m.Step;
-            pValue.Value = m.Value;
-            pTime.Value = m.TimeMs;
-            await insertPoint.ExecuteNonQueryAsync(cancel);
-            written++;
-        }
+        int written = await _journal.WriteMetricsAsync(connection, tx, batch, cancel);
         await tx.CommitAsync(cancel);
         return written;
-    }
-
-    /// <summary>Forgets cached series ids of a run (after it was deleted).</summary>
-    public void Forget(long runId)
-    {
-        foreach (var key in _seriesIds.Keys.Where(k => k.RunId == runId).ToList()) _seriesIds.Remove(key);
     }
 
     /// <summary>Names of a run's metric series.</summary>
@@ -100,5 +58,68 @@ public sealed class MetricStore(string connectionString)
         await using var reader = await cmd.ExecuteReaderAsync(cancel);
         while (await reader.ReadAsync(cancel)) points.Add(new MetricValue(reader.GetInt64(0), reader.GetDouble(1), reader.GetInt64(2)));
         return points;
+    }
+
+    /// <summary>A series with from &lt;= step &lt;= to reduced to at most about <paramref name="maxPoints"/> points
+    /// that keep its extremes: the range is cut into maxPoints/2 buckets of steps and each bucket keeps its
+    /// lowest and highest point (plus the first and last point of the range), so spikes and dips survive
+    /// at any zoom. Series shorter than maxPoints come back whole.</summary>
+    public async Task<IReadOnlyList<MetricValue>> ReadDownsampledAsync(long runId, string name, long from, long to, int maxPoints,
+        CancellationToken cancel = default)
+    {
+        if (maxPoints < 4) throw new ArgumentOutOfRangeException(nameof(maxPoints), "maxPoints must be at least 4");
+        await using var connection = new SqliteConnection(connectionString);
+        await connection.OpenAsync(cancel);
+        long? seriesId;
+        await using (var find = connection.CreateCommand())
+        {
+            find.CommandText = "SELECT Id FROM metric_series WHERE RunId = $run AND Name = $name";
+            find.Parameters.AddWithValue("$run", runId);
+            find.Parameters.AddWithValue("$name", name);
+            seriesId = (long?)await find.ExecuteScalarAsync(cancel);
+        }
+        if (seriesId is null) return [];
+
+        long count, first, last;
+        await using (var stats = connection.CreateCommand())
+        {
+            stats.CommandText = "SELECT COUNT(*), MIN(Step), MAX(Step) FROM metric_points WHERE SeriesId = $s AND Step BETWEEN $from AND $to";
+            stats.Parameters.AddWithValue("$s", seriesId);
+            stats.Parameters.AddWithValue("$from", from);
+            stats.Parameters.AddWithValue("$to", to);
+            await using var r = await stats.ExecuteReaderAsync(cancel);
+            await r.ReadAsync(cancel);
+            count = r.GetInt64(0);
+            if (count == 0) return [];
+            first = r.GetInt64(1);
+            last = r.GetInt64(2);
+        }
+        if (count <= maxPoints) return await ReadAsync(runId, name, from, to, cancel);
+
+        long buckets = Math.Max(1, (maxPoints - 2) / 2);
+        double width = (last - first + 1) / (double)buckets;
+        // SQLite returns the other columns of the row that holds MIN()/MAX() (bare columns in aggregates).
+        await using var cmd = connection.CreateCommand();
+        cmd.CommandText = """
+            SELECT Step, MIN(Value), TimeMs FROM metric_points WHERE SeriesId = $s AND Step BETWEEN $from AND $to GROUP BY CAST((Step - $first) / $w AS INTEGER)
+            UNION ALL
+            SELECT Step, MAX(Value), TimeMs FROM metric_points WHERE SeriesId = $s AND Step BETWEEN $from AND $to GROUP BY CAST((Step - $first) / $w AS INTEGER)
+            UNION ALL
+            SELECT Step, Value, TimeMs FROM metric_points WHERE SeriesId = $s AND Step IN ($first, $last)
+            """;
+        cmd.Parameters.AddWithValue("$s", seriesId);
+        cmd.Parameters.AddWithValue("$from", from);
+        cmd.Parameters.AddWithValue("$to", to);
+        cmd.Parameters.AddWithValue("$first", first);
+        cmd.Parameters.AddWithValue("$last", last);
+        cmd.Parameters.AddWithValue("$w", width);
+        var byStep = new SortedDictionary<long, MetricValue>();
+        await using var reader = await cmd.ExecuteReaderAsync(cancel);
+        while (await reader.ReadAsync(cancel))
+        {
+            var v = new MetricValue(reader.GetInt64(0), reader.GetDouble(1), reader.GetInt64(2));
+            byStep[v.Step] = v;
+        }
+        return [.. byStep.Values];
     }
 }

@@ -14,6 +14,9 @@ public sealed class StudioOptions
     public List<string> DatasetRoots { get; set; } = [];
     /// <summary>Runs executed at once (training saturates the CPU: default 1).</summary>
     public int MaxConcurrentRuns { get; set; } = 1;
+    /// <summary>After a crash, restart a running run that had no checkpoint yet from the beginning (true)
+    /// or mark it interrupted (false).</summary>
+    public bool RestartInterruptedRuns { get; set; } = true;
     /// <summary>Largest dataset upload accepted.</summary>
     public long MaxUploadMegabytes { get; set; } = 2048;
     /// <summary>Access token required when the studio listens on a non-loopback address.</summary>

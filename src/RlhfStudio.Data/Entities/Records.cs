@@ -33,6 +33,12 @@ public sealed class RunRecord
     public int PipelineStage { get; set; }
     /// <summary>Path of the final model once completed.</summary>
     public string? FinalModelPath { get; set; }
+    /// <summary>Complete checkpoint folder the next start resumes from (set by pause, crash recovery, resume).</summary>
+    public string? ResumeFrom { get; set; }
+    /// <summary>Pipeline: this run starts only after that run completed, and takes its output.</summary>
+    public long? DependsOnRunId { get; set; }
+    /// <summary>How many times the run was started (a resume after a crash or pause counts).</summary>
+    public int Attempts { get; set; }
 
     public List<CheckpointRecord> Checkpoints { get; set; } = [];
 }

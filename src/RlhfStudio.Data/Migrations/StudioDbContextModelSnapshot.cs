@@ -233,12 +233,18 @@ namespace RlhfStudio.Data.Migrations
                         .ValueGeneratedOnAdd()
                         .HasColumnType("INTEGER");
 
+                    b.Property<int>("Attempts")
+                        .HasColumnType("INTEGER");
+
                     b.Property<long>("CreatedAt")
                         .HasColumnType("INTEGER");
 
                     b.Property<string>("DatasetName")
                         .IsRequired()
                         .HasColumnType("TEXT");
+
+                    b.Property<long?>("DependsOnRunId")
+                        .HasColumnType("INTEGER");
 
                     b.Property<long?>("EndedAt")
                         .HasColumnType("INTEGER");
@@ -276,6 +282,9 @@ namespace RlhfStudio.Data.Migrations
 
                     b.Property<double>("QueuePosition")
                         .HasColumnType("REAL");
+
+                    b.Property<string>("ResumeFrom")
+                        .HasColumnType("TEXT");
 
                     b.Property<string>("SpecJson")
                         .IsRequired()

@@ -54,11 +54,16 @@ public sealed record RewardSource
     public long? RunId { get; init; }
     /// <summary>Name of a built-in scoring function (e.g. "arithmetic").</summary>
     public string? Builtin { get; init; }
+    /// <summary>Within a pipeline: the reward model trained by the stage with this index.</summary>
+    public int? Stage { get; init; }
+
+    public override string ToString() => ModelPath ?? (RunId is not null ? $"run:{RunId}" : Stage is not null ? $"stage:{Stage}" : $"builtin:{Builtin}");
 
     internal void Validate(SpecErrors e, string f)
     {
-        int given = (ModelPath is null ? 0 : 1) + (RunId is null ? 0 : 1) + (Builtin is null ? 0 : 1);
-        if (given != 1) e.Add(f, "give exactly one of modelPath, runId or builtin");
+        int given = (ModelPath is null ? 0 : 1) + (RunId is null ? 0 : 1) + (Builtin is null ? 0 : 1) + (Stage is null ? 0 : 1);
+        if (given != 1) e.Add(f, "give exactly one of modelPath, runId, builtin or stage");
+        if (Stage is < 0) e.Add($"{f}.stage", "must be a stage index (0 or more)");
         if (RunId is <= 0) e.Add($"{f}.runId", "must be a positive run id");
     }
 }

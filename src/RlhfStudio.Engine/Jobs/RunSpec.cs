@@ -25,19 +25,26 @@ public sealed record ModelRef
     public string? Path { get; init; }
     /// <summary>Name of a built-in randomly initialised model (e.g. "tiny").</summary>
     public string? Preset { get; init; }
-    /// <summary>Id of an earlier run whose final model (or best checkpoint) to start from.</summary>
+    /// <summary>Id of an earlier run whose final model to start from.</summary>
     public long? RunId { get; init; }
+    /// <summary>Within a pipeline: the output of its stage with this index (0 = first); replaced by the
+    /// stage's run id when the pipeline is queued.</summary>
+    public int? Stage { get; init; }
 
     public static ModelRef FromPreset(string name) => new() { Preset = name };
     public static ModelRef FromPath(string path) => new() { Path = path };
     public static ModelRef FromRun(long runId) => new() { RunId = runId };
 
-    public override string ToString() => Path ?? (Preset is not null ? $"preset:{Preset}" : RunId is not null ? $"run:{RunId}" : "(none)");
+    public static ModelRef FromStage(int stage) => new() { Stage = stage };
+
+    public override string ToString() => Path ?? (Preset is not null ? $"preset:{Preset}" : RunId is not null ? $"run:{RunId}"
+        : Stage is not null ? $"stage:{Stage}" : "(none)");
 
     internal void Validate(SpecErrors errors, string field)
     {
-        int given = (Path is null ? 0 : 1) + (Preset is null ? 0 : 1) + (RunId is null ? 0 : 1);
-        if (given != 1) errors.Add(field, "give exactly one of path, preset or runId");
+        int given = (Path is null ? 0 : 1) + (Preset is null ? 0 : 1) + (RunId is null ? 0 : 1) + (Stage is null ? 0 : 1);
+        if (given != 1) errors.Add(field, "give exactly one of path, preset, runId or stage");
+        if (Stage is < 0) errors.Add($"{field}.stage", "must be a stage index (0 or more)");
         if (Path is not null && string.IsNullOrWhiteSpace(Path)) errors.Add($"{field}.path", "must not be empty");
         if (Preset is not null && string.IsNullOrWhiteSpace(Preset)) errors.Add($"{field}.preset", "must not be empty");
         if (RunId is <= 0) errors.Add($"{field}.runId", "must be a positive run id");

@@ -23,6 +23,11 @@ public sealed class RunsHub : Hub
 public static class HubEvents
 {
     public const string RunListChanged = "RunListChanged";
+    public const string Metrics = "Metrics";
+    public const string Samples = "Samples";
+    public const string Checkpoint = "Checkpoint";
+    public const string Progress = "Progress";
+    public const string Events = "Events";
     public const string BenchmarkProgress = "BenchmarkProgress";
     public const string BenchmarkCompleted = "BenchmarkCompleted";
     public const string BenchmarkFailed = "BenchmarkFailed";

@@ -9,6 +9,21 @@ public abstract record StudioEvent;
 /// <summary>A run was created, changed status or was deleted.</summary>
 public sealed record RunListChanged(long RunId, string Status) : StudioEvent;
 
+/// <summary>Metric points of a run were recorded (published after they are committed to the database).</summary>
+public sealed record RunMetricsAppended(long RunId, IReadOnlyList<MetricPointDto> Points) : StudioEvent;
+
+/// <summary>Sample rows of a run were recorded.</summary>
+public sealed record RunSamplesAppended(long RunId, IReadOnlyList<SampleDto> Samples) : StudioEvent;
+
+/// <summary>A checkpoint of a run was recorded.</summary>
+public sealed record RunCheckpointAdded(long RunId, CheckpointDto Checkpoint) : StudioEvent;
+
+/// <summary>A run's progress moved.</summary>
+public sealed record RunProgressChanged(long RunId, ProgressDto Progress) : StudioEvent;
+
+/// <summary>Log lines or warnings of a run were recorded.</summary>
+public sealed record RunEventsAppended(long RunId, IReadOnlyList<RunEventDto> Events) : StudioEvent;
+
 /// <summary>The machine benchmark advanced.</summary>
 public sealed record BenchmarkProgress(double Fraction, string Phase) : StudioEvent;
 
@@ -49,6 +64,11 @@ public sealed class StudioEvents(IHubContext<RunsHub> hub, ILogger<StudioEvents>
             await (e switch
             {
                 RunListChanged r => hub.Clients.All.SendAsync(HubEvents.RunListChanged, r.RunId, r.Status),
+                RunMetricsAppended m => hub.Clients.Group(RunsHub.RunGroup(m.RunId)).SendAsync(HubEvents.Metrics, m.RunId, m.Points),
+                RunSamplesAppended s => hub.Clients.Group(RunsHub.RunGroup(s.RunId)).SendAsync(HubEvents.Samples, s.RunId, s.Samples),
+                RunCheckpointAdded c => hub.Clients.Group(RunsHub.RunGroup(c.RunId)).SendAsync(HubEvents.Checkpoint, c.RunId, c.Checkpoint),
+                RunProgressChanged p => hub.Clients.Group(RunsHub.RunGroup(p.RunId)).SendAsync(HubEvents.Progress, p.RunId, p.Progress),
+                RunEventsAppended ev => hub.Clients.Group(RunsHub.RunGroup(ev.RunId)).SendAsync(HubEvents.Events, ev.RunId, ev.Events),
                 BenchmarkProgress p => hub.Clients.Group(RunsHub.SystemGroup).SendAsync(HubEvents.BenchmarkProgress, p.Fraction, p.Phase),
                 BenchmarkCompleted c => hub.Clients.Group(RunsHub.SystemGroup).SendAsync(HubEvents.BenchmarkCompleted, c.Result),
                 BenchmarkFailed f => hub.Clients.Group(RunsHub.SystemGroup).SendAsync(HubEvents.BenchmarkFailed, f.Message),

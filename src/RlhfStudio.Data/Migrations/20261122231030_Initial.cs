@@ -89,7 +89,10 @@ namespace RlhfStudio.Data.Migrations
                     EtaSeconds = table.Column<double>(type: "REAL", nullable: true),
                     PipelineId = table.Column<long>(type: "INTEGER", nullable: true),
                     PipelineStage = table.Column<int>(type: "INTEGER", nullable: false),
-                    FinalModelPath = table.Column<string>(type: "TEXT", nullable: true)
+                    FinalModelPath = table.Column<string>(type: "TEXT", nullable: true),
+                    ResumeFrom = table.Column<string>(type: "TEXT", nullable: true),
+                    DependsOnRunId = table.Column<long>(type: "INTEGER", nullable: true),
+                    Attempts = table.Column<int>(type: "INTEGER", nullable: false)
                 },
                 constraints: table =>
                 {

@@ -10,7 +10,7 @@ using RlhfStudio.Data;
 namespace RlhfStudio.Data.Migrations
 {
     [DbContext(typeof(StudioDbContext))]
-    [Migration("20261122225737_Initial")]
+    [Migration("20261122231030_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -236,12 +236,18 @@ namespace RlhfStudio.Data.Migrations
                         .ValueGeneratedOnAdd()
                         .HasColumnType("INTEGER");
 
+                    b.Property<int>("Attempts")
+                        .HasColumnType("INTEGER");
+
                     b.Property<long>("CreatedAt")
                         .HasColumnType("INTEGER");
 
                     b.Property<string>("DatasetName")
                         .IsRequired()
                         .HasColumnType("TEXT");
+
+                    b.Property<long?>("DependsOnRunId")
+                        .HasColumnType("INTEGER");
 
                     b.Property<long?>("EndedAt")
                         .HasColumnType("INTEGER");
@@ -279,6 +285,9 @@ namespace RlhfStudio.Data.Migrations
 
                     b.Property<double>("QueuePosition")
                         .HasColumnType("REAL");
+
+                    b.Property<string>("ResumeFrom")
+                        .HasColumnType("TEXT");
 
                     b.Property<string>("SpecJson")
                         .IsRequired()
