@@ -23,10 +23,19 @@ public static class StudioServices
 
         builder.Services.AddDbContextFactory<StudioDbContext>(o => StudioDatabase.Configure(o, options.DataPath));
         builder.Services.AddSingleton(_ => new MetricStore(StudioDatabase.ConnectionString(options.DataPath)));
+        builder.Services.AddSingleton(_ => new RunJournal(StudioDatabase.ConnectionString(options.DataPath)));
 
         builder.Services.AddSingleton<StudioEvents>();
         builder.Services.AddSingleton<MachineBenchmarkService>();
         builder.Services.AddSingleton<RunCatalog>();
+        builder.Services.AddSingleton<RunQueries>();
+        builder.Services.AddSingleton<JobFactory>();
+        builder.Services.AddSingleton<RecordWriter>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<RecordWriter>());
+        builder.Services.AddSingleton<RunService>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<RunService>());
+        // A running job needs up to one optimisation step to stop and save its checkpoint.
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(90));
 
         builder.Services.AddSignalR();
         builder.Services.AddRazorComponents().AddInteractiveServerComponents();

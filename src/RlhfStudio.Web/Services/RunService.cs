@@ -193,7 +193,7 @@ public sealed class RunService(
         var active = new ActiveRun(run.Id);
         _active[run.Id] = active;
         var reporter = new RunRecorder(run.Id, writer);
-        reporter.Event(RunEvent.Info(resumeFrom is null ? $"Started {spec.Method} run (attempt {run.Attempts})." : $"Resuming from {resumeFrom}."));
+        reporter.Event(RunEvent.Info(resumeFrom is null ? $"Started {run.Method} run (attempt {run.Attempts})." : $"Resuming from {resumeFrom}."));
         var context = new RunContext(spec, output, reporter, active.Cancellation.Token, resumeFrom);
         var thread = new Thread(() => Execute(active, job, context)) { IsBackground = true, Name = $"run-{run.Id}" };
         thread.Start();
