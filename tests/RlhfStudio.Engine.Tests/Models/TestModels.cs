@@ -80,6 +80,15 @@ internal static class TestModels
         return torch.randint(low, Vocab, [batch, length], generator: gen, dtype: ScalarType.Int64);
     }
 
+    /// <summary>Same dtype, shape and values.</summary>
+    public static bool Same(Tensor a, Tensor b)
+    {
+        if (a.dtype != b.dtype || !a.shape.SequenceEqual(b.shape)) return false;
+        using var eq = a.eq(b);   // Tensor.equal is elementwise in TorchSharp
+        using var all = eq.all();
+        return all.item<bool>();
+    }
+
     public static double MaxDiff(Tensor a, Tensor b)
     {
         using var d = (a.to(ScalarType.Float32) - b.to(ScalarType.Float32)).abs().max();
