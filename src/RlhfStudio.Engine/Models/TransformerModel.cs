@@ -1,0 +1,179 @@
+// The full models: a trunk (named "model" or "transformer" as in HF) plus a head. Later work builds on this
+// surface: LoRA wraps the Linear modules, generation calls Hidden(..., cache) and Logits on the last position,
+// PPO's value model is a ScoreModel with one label.
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace RlhfStudio.Engine.Models;
+
+/// <summary>Parameter counts; "embedding" is what sits in embedding tables (HF's exclude_embeddings).</summary>
+public sealed record ParameterCounts(long Total, long Trainable, long Embedding)
+{
+    public long NonEmbedding => Total - Embedding;
+}
+
+public abstract class TransformerModel : nn.Module
+{
+    protected TransformerModel(string name, ModelConfig config, ScalarType dtype, Device? device) : base(name)
+    {
+        RegisterComponents();   // see Trunk.cs: children are registered explicitly under their HF names
+        config.Validate();
+        if (!RlhfStudio.Engine.IO.SafeTensorsDType.IsFloating(dtype)) throw new ArgumentException($"model dtype must be floating point, got {dtype}", nameof(dtype));
+        Config = config;
+        Trunk = config.Family == ModelFamily.Gpt2 ? new Gpt2Model(config, dtype, device) : new LlamaModel(config, dtype, device);
+        register_module(Trunk.Prefix, Trunk);
+    }
+
+    public ModelConfig Config { get; }
+    public Trunk Trunk { get; }
+    public abstract ModelHead Head { get; }
+    /// <summary>The dtype of the weights.</summary>
+    public ScalarType DType => Trunk.TokenEmbedding.dtype;
+    public Device Device => Trunk.TokenEmbedding.device;
+
+    /// <summary>Final hidden states (B, T, hidden); see <see cref="Trunk.Forward"/>.</summary>
+    public Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        Trunk.Forward(inputIds, attentionMask, positionIds, cache);
+
+    public KvCache NewCache(long batch, long maxLength) => Trunk.NewCache(batch, maxLength);
+
+    public ParameterCounts CountParameters()
+    {
+        long total = 0, trainable = 0, embedding = 0;
+        foreach (var p in parameters())
+        {
+            total += p.numel();
+            if (p.requires_grad) trainable += p.numel();
+        }
+        foreach (var (_, m) in named_modules())
+            if (m is Embedding e && e.weight is { } w) embedding += w.numel();
+        return new ParameterCounts(total, trainable, embedding);
+    }
+
+    /// <summary>Random initialisation as transformers' _init_weights: linear and embedding weights ~ N(0, initializer_range),
+    /// biases 0, norm weights 1; GPT-2's residual projections (c_proj) use std / sqrt(2 * n_layer). Values are drawn on
+    /// the CPU from a generator seeded with <paramref name="seed"/>, so they are identical for every dtype and device.</summary>
+    public void InitializeWeights(long seed)
+    {
+        using var noGrad = torch.no_grad();
+        var gen = new Generator((ulong)seed);
+        double std = Config.InitializerRange;
+        void Normal(Tensor p, double s)
+        {
+            using var values = torch.empty(p.shape, dtype: ScalarType.Float32).normal_(0, s, gen);
+            p.copy_(values);
+        }
+        // Sorted names: the draw order, and so the weights, do not depend on module registration order.
+        foreach (var (name, m) in named_modules().OrderBy(x => x.name, StringComparer.Ordinal))
+        {
+            switch (m)
+            {
+                case Linear l:
+                    Normal(l.weight!, std);
+                    l.bias?.zero_();
+                    break;
+                case Conv1D c:
+                    Normal(c.weight, name.EndsWith("c_proj", StringComparison.Ordinal) ? std / Math.Sqrt(2.0 * Config.NumHiddenLayers) : std);
+                    c.bias.zero_();
+                    break;
+                case Embedding e:
+                    Normal(e.weight!, std);
+                    break;
+                case RmsNorm r:
+                    r.weight.fill_(1);
+                    break;
+                case LayerNorm ln:
+                    ln.weight?.fill_(1);
+                    ln.bias?.zero_();
+                    break;
+            }
+        }
+    }
+
+    /// <summary>Parameters a checkpoint of another head may lack; they keep their fresh initialisation.</summary>
+    internal virtual IReadOnlySet<string> FreshParameters => new HashSet<string>();
+}
+
+/// <summary>A causal language model (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel).
+/// With tied embeddings there is no lm_head parameter: the logits use the token embedding matrix, and the
+/// saved file omits lm_head.weight as transformers does.</summary>
+public sealed class CausalLanguageModel : TransformerModel
+{
+    public CausalLanguageModel(ModelConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base("CausalLanguageModel", config, dtype, device)
+    {
+        if (!config.TieWordEmbeddings)
+        {
+            lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
+            register_module("lm_head", lm_head);
+        }
+    }
+
+    /// <summary>The untied output projection, or null when tied to the token embeddings.</summary>
+    public Linear? lm_head { get; }
+
+    public override ModelHead Head => ModelHead.CausalLM;
+
+    /// <summary>(B, T, hidden) -> logits (B, T, vocab).</summary>
+    public Tensor Logits(Tensor hidden) => lm_head is not null ? lm_head.forward(hidden) : F.linear(hidden, Trunk.TokenEmbedding);
+
+    /// <summary>Logits (B, T, vocab) for <paramref name="inputIds"/>; arguments as <see cref="Trunk.Forward"/>.</summary>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    {
+        using var hidden = Hidden(inputIds, attentionMask, positionIds, cache);
+        return Logits(hidden);
+    }
+}
+
+/// <summary>A trunk with a linear <c>score</c> head (LlamaForSequenceClassification, GPT2ForSequenceClassification):
+/// per-token scores (B, T, num_labels). A reward model pools them at the last real token; PPO's value model uses
+/// the per-token values (num_labels = 1).</summary>
+public sealed class ScoreModel : TransformerModel
+{
+    public ScoreModel(ModelConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base("ScoreModel", config, dtype, device)
+    {
+        score = nn.Linear(config.HiddenSize, config.NumLabels, hasBias: false, device: device, dtype: dtype);
+        register_module("score", score);
+    }
+
+    public Linear score { get; }
+    public int NumLabels => Config.NumLabels;
+    public override ModelHead Head => ModelHead.SequenceClassification;
+    internal override IReadOnlySet<string> FreshParameters => new HashSet<string> { "score.weight" };
+
+    /// <summary>(B, T, hidden) -> (B, T, num_labels).</summary>
+    public Tensor Scores(Tensor hidden) => score.forward(hidden);
+
+    /// <summary>Per-token scores (B, T, num_labels).</summary>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    {
+        using var hidden = Hidden(inputIds, attentionMask, positionIds, cache);
+        return Scores(hidden);
+    }
+
+    /// <summary>Index (B) of the last token that is not <paramref name="padTokenId"/>, exactly as transformers'
+    /// LlamaForSequenceClassification: argmax(arange(T) * (ids != pad)). Works for left and right padding;
+    /// without a pad id, the last position.</summary>
+    public static Tensor LastNonPadIndex(Tensor inputIds, long? padTokenId)
+    {
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        if (padTokenId is not long pad)
+            return torch.full([b], t - 1, dtype: ScalarType.Int64, device: inputIds.device);
+        using var scope = NewDisposeScope();
+        var nonPad = inputIds.ne(pad).to(ScalarType.Int64);
+        var tokenIndices = torch.arange(t, dtype: ScalarType.Int64, device: inputIds.device);
+        return (tokenIndices * nonPad).argmax(-1).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Scores (B, T, L) -> (B, L) at each row's last non-pad token.</summary>
+    public static Tensor Pool(Tensor scores, Tensor inputIds, long? padTokenId)
+    {
+        using var scope = NewDisposeScope();
+        var last = LastNonPadIndex(inputIds, padTokenId);                                         // (B)
+        var index = last.view(-1, 1, 1).expand(scores.shape[0], 1, scores.shape[2]);             // (B, 1, L)
+        return scores.gather(1, index).squeeze(1).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,71 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace RlhfStudio.Engine.Models;
+
+// Registration: TorchSharp's RegisterComponents() registers every Module/Parameter/Tensor *field* under the
+// field's name, and runs lazily on first use if a module never called it. Our children are properties (their
+// backing fields are named "<x>k__BackingField") and the trunk's name depends on the family, so every module
+// calls RegisterComponents() first thing in its constructor, while no field is assigned: that registers nothing
+// and turns the lazy pass off. Children are then registered explicitly with register_module/register_parameter
+// under the Hugging Face names.
+
+/// <summary>The transformer body shared by every head: token ids in, final hidden states out.
+/// Parameter names below the trunk equal Hugging Face's (under <see cref="Prefix"/>).</summary>
+public abstract class Trunk : nn.Module
+{
+    protected Trunk(string name, ModelConfig config) : base(name) => Config = config;
+
+    public ModelConfig Config { get; }
+
+    /// <summary>Name of the trunk inside the full model, as in HF: "model" (Llama family) or "transformer" (GPT-2).</summary>
+    public abstract string Prefix { get; }
+
+    /// <summary>The token embedding matrix [vocab, hidden] (a tied LM head reuses it).</summary>
+    public abstract Parameter TokenEmbedding { get; }
+
+    /// <param name="inputIds">(B, T) int64.</param>
+    /// <param name="attentionMask">(B, past+T), 1 = real token, 0 = padding (left or right); null = all real.</param>
+    /// <param name="positionIds">(B, T); null = cumsum(mask) - 1 clamped at 0, or past..past+T-1 without a mask.</param>
+    /// <param name="cache">Keys/values of earlier positions; the new ones are appended.</param>
+    /// <returns>Final hidden states (B, T, hidden) after the last norm.</returns>
+    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null);
+
+    /// <summary>A cache sized for this model.</summary>
+    public KvCache NewCache(long batch, long maxLength, Device? device = null) =>
+        new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, maxLength, Config.HeadDim, TokenEmbedding.dtype, device ?? TokenEmbedding.device);
+
+    /// <summary>Checkpoint keys (relative to the trunk) that are buffers, not weights, in some HF files.</summary>
+    internal virtual bool IsIgnoredCheckpointKey(string key) => false;
+
+    /// <summary>Validates inputs and works out positions and the attention mask (shared by all architectures).</summary>
+    protected (long Batch, long Length, long Past, Tensor Positions, Tensor? Mask, bool IsCausal) Prepare(
+        Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    {
+        if (inputIds.ndim != 2 || inputIds.dtype != ScalarType.Int64)
+            throw new ArgumentException($"inputIds must be (B, T) int64, got [{string.Join(", ", inputIds.shape)}] {inputIds.dtype}");
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        if (t == 0) throw new ArgumentException("inputIds has no tokens");
+        long past = cache?.Length ?? 0;
+        cache?.CheckRoom(b, t);
+        if (attentionMask is not null && (attentionMask.ndim != 2 || attentionMask.shape[0] != b || attentionMask.shape[1] != past + t))
+            throw new ArgumentException($"attentionMask must be (B, past+T) = ({b}, {past + t}), got [{string.Join(", ", attentionMask.shape)}]");
+        if (positionIds is not null && (positionIds.ndim != 2 || positionIds.shape[0] != b || positionIds.shape[1] != t))
+            throw new ArgumentException($"positionIds must be (B, T) = ({b}, {t}), got [{string.Join(", ", positionIds.shape)}]");
+        if (Config.SlidingWindow is int window && past + t > window)
+            throw new NotSupportedException($"sequence of {past + t} tokens exceeds the model's sliding window ({window}); sliding-window attention is not implemented");
+        var positions = positionIds ?? AttentionInputs.PositionIds(attentionMask, b, past, t, inputIds.device);
+        var (mask, causal) = AttentionInputs.Build(attentionMask, past, t, inputIds.device);
+        return (b, t, past, positions, mask, causal);
+    }
+
+    /// <summary>Repeats each kv head n times: (B, kvH, S, hs) -> (B, kvH*n, S, hs), as transformers' repeat_kv.</summary>
+    internal static Tensor RepeatKv(Tensor x, long n)
+    {
+        if (n == 1) return x.alias();
+        long b = x.shape[0], kvh = x.shape[1], s = x.shape[2], hs = x.shape[3];
+        using var expanded = x.unsqueeze(2).expand(b, kvh, n, s, hs);
+        return expanded.reshape(b, kvh * n, s, hs);
+    }
+}
