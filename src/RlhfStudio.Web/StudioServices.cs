@@ -14,8 +14,11 @@ namespace RlhfStudio.Web;
 /// <summary>All of the studio's registration and endpoint mapping, so that Program.cs stays a few lines.</summary>
 public static class StudioServices
 {
-    public static IHostApplicationBuilder AddStudioServices(this IHostApplicationBuilder builder)
+    public static WebApplicationBuilder AddStudioServices(this WebApplicationBuilder builder)
     {
+        // Serve MudBlazor's and our static assets straight from the build output in every environment
+        // (only Development does so by default); the studio runs as Production so errors never show stack traces.
+        builder.WebHost.UseStaticWebAssets();
         var options = new StudioOptions();
         builder.Configuration.GetSection(StudioOptions.Section).Bind(options);
         options.Resolve(builder.Environment.ContentRootPath);
@@ -28,6 +31,7 @@ public static class StudioServices
         builder.Services.AddSingleton<StudioEvents>();
         builder.Services.AddSingleton<MachineBenchmarkService>();
         builder.Services.AddSingleton<RunCatalog>();
+        builder.Services.AddSingleton<AccessGuard>();
         builder.Services.AddSingleton<RunQueries>();
         builder.Services.AddSingleton<JobFactory>();
         builder.Services.AddSingleton<RecordWriter>();
@@ -57,14 +61,16 @@ public static class StudioServices
 
     public static WebApplication MapStudio(this WebApplication app)
     {
-        if (!app.Environment.IsDevelopment()) app.UseExceptionHandler();
+        app.UseExceptionHandler(); // problem details without stack traces, in every environment
         app.UseStatusCodePages();
+        app.UseMiddleware<AccessGuardMiddleware>();
         app.UseAntiforgery();
         app.MapStaticAssets();
 
         app.MapOpenApi();
         app.MapScalarApiReference("/api/docs");
         app.MapHealthChecks("/healthz");
+        app.MapLogin();
         app.MapSystemApi();
         app.MapRunsApi();
         app.MapHub<RunsHub>(RunsHub.Path);

@@ -14,7 +14,7 @@ public class StudioFactory : WebApplicationFactory<Program>
 
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {
-        builder.UseEnvironment("Development");
+        builder.UseEnvironment("Production");
         builder.UseSetting("Studio:DataFolder", DataFolder);
         builder.UseSetting("Studio:ModelRoots:0", Path.Combine(DataFolder, "models"));
         builder.UseSetting("Studio:DatasetRoots:0", Path.Combine(DataFolder, "datasets"));

@@ -24,7 +24,7 @@ public sealed class StudioProcess : IAsyncDisposable
     }
 
     /// <summary>Starts the studio and waits until /healthz answers.</summary>
-    public static async Task<StudioProcess> StartAsync(string? dataFolder = null, IDictionary<string, string>? settings = null)
+    public static async Task<StudioProcess> StartAsync(string? dataFolder = null, IDictionary<string, string>? settings = null, string bindHost = "127.0.0.1")
     {
         dataFolder ??= Path.Combine(Path.GetTempPath(), "rlhfstudio-tests", Guid.NewGuid().ToString("N"));
         int port = FreePort();
@@ -38,9 +38,9 @@ public sealed class StudioProcess : IAsyncDisposable
         };
         psi.ArgumentList.Add(dll);
         psi.ArgumentList.Add("--urls");
-        psi.ArgumentList.Add($"http://127.0.0.1:{port}");
+        psi.ArgumentList.Add($"http://{bindHost}:{port}");
         psi.ArgumentList.Add("--environment");
-        psi.ArgumentList.Add("Development");
+        psi.ArgumentList.Add("Production");
         psi.ArgumentList.Add($"--Studio:DataFolder={dataFolder}");
         psi.ArgumentList.Add($"--Studio:ModelRoots:0={Path.Combine(dataFolder, "models")}");
         psi.ArgumentList.Add($"--Studio:DatasetRoots:0={Path.Combine(dataFolder, "datasets")}");
