@@ -1,0 +1,74 @@
+namespace RlhfStudio.Web.Components.Charts;
+
+/// <summary>One line of a chart.</summary>
+public sealed record ChartSeries(string Name, string Color, IReadOnlyList<(double X, double Y)> Points);
+
+/// <summary>Pure functions behind the SVG line chart: smoothing, ranges and tick placement.</summary>
+public static class ChartMath
+{
+    /// <summary>Exponential moving average with the debiasing TensorBoard and W&amp;B use, so the smoothed
+    /// curve starts at the first value instead of at zero. <paramref name="weight"/> 0 = no smoothing.</summary>
+    public static List<(double X, double Y)> Smooth(IReadOnlyList<(double X, double Y)> points, double weight)
+    {
+        var result = new List<(double X, double Y)>(points.Count);
+        if (weight <= 0)
+        {
+            result.AddRange(points);
+            return result;
+        }
+        double last = 0, debias = 0;
+        foreach (var (x, y) in points)
+        {
+            last = last * weight + (1 - weight) * y;
+            debias = debias * weight + (1 - weight);
+            result.Add((x, last / debias));
+        }
+        return result;
+    }
+
+    /// <summary>"Nice" tick values (steps of 1, 2 or 5 x 10^k) covering [min, max], about <paramref name="count"/> of them.</summary>
+    public static List<double> Ticks(double min, double max, int count = 5)
+    {
+        if (!(max > min)) return [min];
+        double raw = (max - min) / Math.Max(1, count);
+        double magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
+        double step = magnitude * (raw / magnitude < 1.5 ? 1 : raw / magnitude < 3 ? 2 : raw / magnitude < 7 ? 5 : 10);
+        var ticks = new List<double>();
+        for (double t = Math.Ceiling(min / step) * step; t <= max + step * 1e-9; t += step)
+            ticks.Add(Math.Abs(t) < step * 1e-9 ? 0 : t);
+        return ticks;
+    }
+
+    /// <summary>The value range of the series, padded by 5% so lines do not touch the frame.</summary>
+    public static (double Min, double Max) Range(IEnumerable<double> values)
+    {
+        double min = double.PositiveInfinity, max = double.NegativeInfinity;
+        foreach (var v in values)
+        {
+            if (!double.IsFinite(v)) continue;
+            if (v < min) min = v;
+            if (v > max) max = v;
+        }
+        if (double.IsInfinity(min)) return (0, 1);
+        if (min == max) return (min - Math.Max(1e-9, Math.Abs(min) * 0.1), max + Math.Max(1e-9, Math.Abs(max) * 0.1));
+        double pad = (max - min) * 0.05;
+        return (min - pad, max + pad);
+    }
+
+    /// <summary>Compact label for an axis value: 12k, 1.5M, 0.0003 -> 3e-4.</summary>
+    public static string Label(double v)
+    {
+        double a = Math.Abs(v);
+        if (a == 0) return "0";
+        if (a >= 1e6) return (v / 1e6).ToString("0.##") + "M";
+        if (a >= 1e4) return (v / 1e3).ToString("0.#") + "k";
+        if (a >= 100) return v.ToString("0");
+        if (a >= 1) return v.ToString("0.##");
+        if (a >= 0.01) return v.ToString("0.###");
+        return v.ToString("0.#e0");
+    }
+
+    /// <summary>Seconds as m:ss or h:mm for a time axis.</summary>
+    public static string Duration(double seconds) =>
+        seconds < 3600 ? $"{(int)(seconds / 60)}:{(int)(seconds % 60):00}" : $"{(int)(seconds / 3600)}h{(int)(seconds % 3600 / 60):00}";
+}
