@@ -69,7 +69,8 @@ internal static class JsonlFile
         }
         catch (JsonException e)
         {
-            return DatasetRow.Failed(location, $"not valid JSON ({ShortJsonError(e)})");
+            var hint = line == 1 && text.TrimStart().StartsWith('[') ? "; a file holding one JSON array is not JSON lines: write one object per line" : "";
+            return DatasetRow.Failed(location, $"not valid JSON ({ShortJsonError(e)}){hint}");
         }
         using (doc)
         {

@@ -58,6 +58,16 @@ public class ReaderTests
     }
 
     [Fact]
+    public void A_pretty_printed_json_array_gets_a_hint()
+    {
+        using var dir = new DataFolder();
+        var path = dir.Text("arr.json", "[\n  {\"text\": \"a\"}\n]\n");
+        var ex = Assert.Throws<DatasetException>(() => JsonlFile.Columns(path));
+        Assert.StartsWith("arr.json line 1: not valid JSON (", ex.Message);
+        Assert.EndsWith("a file holding one JSON array is not JSON lines: write one object per line", ex.Message);
+    }
+
+    [Fact]
     public void Empty_jsonl_has_no_columns()
     {
         using var dir = new DataFolder();
