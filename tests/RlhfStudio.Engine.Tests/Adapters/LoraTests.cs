@@ -254,4 +254,22 @@ public class LoraTests
         Assert.Contains("model.layers.1.self_attn.v_proj.lora_B.weight", model.state_dict().Keys);
         Assert.Equal(baseKeys.Count + 8, model.state_dict().Count);
     }
+
+    [Fact]
+    public void Disposing_a_model_with_adapters_frees_every_tensor_and_removing_them_frees_theirs()
+    {
+        long Live() => DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        long before = Live();
+        var model = new CausalLanguageModel(Llama());
+        long plain = Live();
+        Lora.Apply(model, QV);
+        Assert.True(Live() > plain);
+        Lora.Remove(model);
+        Assert.Equal(plain, Live());
+        Lora.Apply(model, QV);
+        var a = Lora.AdapterParameters(model)[0].Parameter;
+        model.Dispose();
+        Assert.True(a.IsInvalid);
+        Assert.Equal(before, Live());
+    }
 }
