@@ -45,7 +45,7 @@ public static class ModelLoader
     public static void LoadWeights(TransformerModel model, string folder, IReadOnlySet<string>? allowMissing = null,
         IReadOnlyCollection<string>? ignore = null)
     {
-        var expected = model.state_dict();
+        var expected = model.HfWeights();   // the base weights: LoRA adapters (if any) are not in HF checkpoints
         string prefix = model.Trunk.Prefix + ".";
         using var checkpoint = CheckpointFiles.Open(folder);
         var loaded = new HashSet<string>(StringComparer.Ordinal);

@@ -20,9 +20,11 @@ public static class ModelSaver
     public static IReadOnlyList<string> Save(TransformerModel model, string folder, ScalarType? dtype = null,
         string? copyTokenizerFilesFrom = null, ModelConfig? config = null, long maxShardBytes = SafeTensorsWriter.DefaultMaxShardBytes)
     {
+        if (model.HasUnmergedAdapters)
+            throw new InvalidOperationException("the model has LoRA adapters that are not merged into its weights: save them with Lora.Save, or use Lora.SaveMerged for a plain model folder");
         var stored = dtype ?? model.DType;
         Directory.CreateDirectory(folder);
-        var written = new List<string>(SafeTensorsWriter.WriteFolder(folder, model.state_dict(), stored, maxShardBytes));
+        var written = new List<string>(SafeTensorsWriter.WriteFolder(folder, model.HfWeights(), stored, maxShardBytes));
         var configPath = Path.Combine(folder, ModelLoader.ConfigFileName);
         (config ?? model.Config).Save(configPath, model.Head, stored);
         written.Add(configPath);

@@ -85,8 +85,8 @@ public sealed class Gpt2Block : nn.Module
     public Tensor Forward(Tensor x, Tensor? mask, bool isCausal, KvCache? cache, int layer)
     {
         using var scope = NewDisposeScope();
-        x = x + attn.Forward(ln_1.forward(x), mask, isCausal, cache, layer);
-        x = x + mlp.forward(ln_2.forward(x));
+        x = x + attn.Forward(Norms.Apply(ln_1, x), mask, isCausal, cache, layer);
+        x = x + mlp.forward(Norms.Apply(ln_2, x));
         return x.MoveToOuterDisposeScope();
     }
 }
@@ -125,10 +125,10 @@ public sealed class Gpt2Model : Trunk
         var (_, t, past, positions, mask, isCausal) = Prepare(inputIds, attentionMask, positionIds, cache);
         if (positionIds is null && past + t > Config.MaxPositionEmbeddings)
             throw new ArgumentException($"{past + t} positions exceed GPT-2's n_positions ({Config.MaxPositionEmbeddings})");
-        var x = wte.forward(inputIds) + wpe.forward(positions);                         // (B, T, C)
+        var x = ToComputeDType(wte.forward(inputIds) + wpe.forward(positions));         // (B, T, C)
         for (int i = 0; i < h.Count; i++)
             x = h[i].Forward(x, mask, isCausal, cache, i);
         cache?.Advance(t);
-        return ln_f.forward(x).MoveToOuterDisposeScope();
+        return Norms.Apply(ln_f, x).MoveToOuterDisposeScope();
     }
 }

@@ -1,4 +1,5 @@
-// Small building blocks shared by the architectures: activations, RMSNorm, GPT-2's Conv1D, rotary embeddings.
+// Small building blocks shared by the architectures: activations, RMSNorm, LayerNorm under a compute dtype, rotary
+// embeddings. The projections (nn.Linear / GPT-2's Conv1D) are in Projection.cs.
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -48,34 +49,25 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         var h = x.to(ScalarType.Float32);
         var variance = h.pow(2).mean([-1], keepdim: true);
         h = h * torch.rsqrt(variance + _eps);
-        return (_weight * h.to(x.dtype)).MoveToOuterDisposeScope();
+        var y = _weight * h.to(x.dtype);
+        // fp32 weight on bf16 activations (compute dtype): the product promotes to fp32; round it once, back to the
+        // activations' dtype, as the next projection would under autocast.
+        if (y.dtype != x.dtype) y = y.to(x.dtype);
+        return y.MoveToOuterDisposeScope();
     }
 }
 
-/// <summary>GPT-2's Conv1D: a linear layer whose weight is stored [in, out] (transposed against nn.Linear).</summary>
-public sealed class Conv1D : nn.Module<Tensor, Tensor>
+/// <summary>LayerNorm in its weight's dtype (fp32 for fp32 master weights), result cast back to the input's dtype: what
+/// torch.autocast does (layer_norm runs in fp32) before the next projection casts to the compute dtype again.</summary>
+public static class Norms
 {
-    private readonly Parameter _weight;
-    private readonly Parameter _bias;
-
-    public Conv1D(long inFeatures, long outFeatures, ScalarType dtype, Device? device) : base("Conv1D")
+    public static Tensor Apply(LayerNorm norm, Tensor x)
     {
-        RegisterComponents();   // before any field is set: see Trunk.cs
-        _weight = new Parameter(torch.empty([inFeatures, outFeatures], dtype: dtype, device: device));
-        _bias = new Parameter(torch.zeros(outFeatures, dtype: dtype, device: device));
-        using (torch.no_grad()) _weight.normal_(0, 0.02);
-        register_parameter("weight", _weight);
-        register_parameter("bias", _bias);
-    }
-
-    public Parameter weight => _weight;
-    public Parameter bias => _bias;
-
-    // (..., in) -> (..., out). linear() wants [out, in]; .t() is a view, no copy.
-    public override Tensor forward(Tensor x)
-    {
-        using var wt = _weight.t();
-        return F.linear(x, wt, _bias);
+        var dtype = norm.weight?.dtype ?? x.dtype;
+        if (x.dtype == dtype) return norm.forward(x);
+        using var input = x.to(dtype);
+        using var y = norm.forward(input);
+        return y.to(x.dtype);
     }
 }
 

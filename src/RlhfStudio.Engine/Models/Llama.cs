@@ -11,10 +11,10 @@ namespace RlhfStudio.Engine.Models;
 public sealed class LlamaAttention : nn.Module
 {
     private readonly int _heads, _kvHeads, _headDim;
-    public Linear q_proj { get; }
-    public Linear k_proj { get; }
-    public Linear v_proj { get; }
-    public Linear o_proj { get; }
+    public Projection q_proj { get; }
+    public Projection k_proj { get; }
+    public Projection v_proj { get; }
+    public Projection o_proj { get; }
 
     public LlamaAttention(ModelConfig c, ScalarType dtype, Device? device) : base("LlamaAttention")
     {
@@ -22,10 +22,10 @@ public sealed class LlamaAttention : nn.Module
         _heads = c.NumAttentionHeads;
         _kvHeads = c.NumKeyValueHeads;
         _headDim = c.HeadDim;
-        q_proj = nn.Linear(c.HiddenSize, _heads * _headDim, hasBias: c.QkvBias, device: device, dtype: dtype);
-        k_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.QkvBias, device: device, dtype: dtype);
-        v_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.QkvBias, device: device, dtype: dtype);
-        o_proj = nn.Linear(_heads * _headDim, c.HiddenSize, hasBias: c.OutputBias, device: device, dtype: dtype);
+        q_proj = new Projection(c.HiddenSize, _heads * _headDim, c.QkvBias, dtype, device);
+        k_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype, device);
+        v_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype, device);
+        o_proj = new Projection(_heads * _headDim, c.HiddenSize, c.OutputBias, dtype, device);
         register_module("q_proj", q_proj);
         register_module("k_proj", k_proj);
         register_module("v_proj", v_proj);
@@ -54,17 +54,17 @@ public sealed class LlamaAttention : nn.Module
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
     private readonly Func<Tensor, Tensor> _act;
-    public Linear gate_proj { get; }
-    public Linear up_proj { get; }
-    public Linear down_proj { get; }
+    public Projection gate_proj { get; }
+    public Projection up_proj { get; }
+    public Projection down_proj { get; }
 
     public LlamaMlp(ModelConfig c, ScalarType dtype, Device? device) : base("LlamaMlp")
     {
         RegisterComponents();   // before any field is set: see Trunk.cs
         _act = Activations.Get(c.HiddenAct);
-        gate_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias, device: device, dtype: dtype);
-        up_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias, device: device, dtype: dtype);
-        down_proj = nn.Linear(c.IntermediateSize, c.HiddenSize, hasBias: c.MlpBias, device: device, dtype: dtype);
+        gate_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype, device);
+        up_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype, device);
+        down_proj = new Projection(c.IntermediateSize, c.HiddenSize, c.MlpBias, dtype, device);
         register_module("gate_proj", gate_proj);
         register_module("up_proj", up_proj);
         register_module("down_proj", down_proj);
@@ -137,7 +137,7 @@ public sealed class LlamaModel : Trunk
     {
         using var scope = NewDisposeScope();
         var (_, t, _, positions, mask, isCausal) = Prepare(inputIds, attentionMask, positionIds, cache);
-        var x = embed_tokens.forward(inputIds);                                         // (B, T, C)
+        var x = ToComputeDType(embed_tokens.forward(inputIds));                         // (B, T, C)
         var (cos, sin) = Rotary.CosSin(_invFreq!, positions, x.dtype);                 // (B, T, hs)
         for (int i = 0; i < layers.Count; i++)
             x = layers[i].Forward(x, cos, sin, mask, isCausal, cache, i);

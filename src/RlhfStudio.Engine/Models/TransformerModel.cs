@@ -1,10 +1,9 @@
 // The full models: a trunk (named "model" or "transformer" as in HF) plus a head. Later work builds on this
-// surface: LoRA wraps the Linear modules, generation calls Hidden(..., cache) and Logits on the last position,
+// surface: LoRA lives in the projections (Projection.cs), generation calls Hidden(..., cache) and Logits on the last position,
 // PPO's value model is a ScoreModel with one label.
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace RlhfStudio.Engine.Models;
 
@@ -39,6 +38,45 @@ public abstract class TransformerModel : nn.Module
 
     public KvCache NewCache(long batch, long maxLength) => Trunk.NewCache(batch, maxLength);
 
+    /// <summary>Compute dtype, our stand-in for torch.autocast (TorchSharp has none): weights stay in <see cref="DType"/>
+    /// (fp32 masters for training) and every projection casts its input and weight to this dtype for the matmul, so
+    /// gradients reach the masters through the casts. Embedding outputs are cast to it, so the residual stream and
+    /// attention run in it; RMSNorm/LayerNorm compute in fp32 inside. Logits and scores come out in it: cast them to
+    /// fp32 for a loss. Null (default) = compute in the weights' dtype. bf16 is the one that pays off on CPU.</summary>
+    public ScalarType? ComputeDType
+    {
+        get => Trunk.ComputeDType;
+        set
+        {
+            if (value is ScalarType v && !RlhfStudio.Engine.IO.SafeTensorsDType.IsFloating(v))
+                throw new ArgumentException($"compute dtype must be floating point, got {v}", nameof(value));
+            Trunk.ComputeDType = value;
+            foreach (var p in Projections()) p.Projection.ComputeDType = value;
+        }
+    }
+
+    /// <summary>Every projection (linear layer) with its full name, e.g. "model.layers.0.self_attn.q_proj", in name order.</summary>
+    public IReadOnlyList<(string Name, Projection Projection)> Projections() =>
+        named_modules().Where(m => m.module is Projection).Select(m => (m.name, (Projection)m.module))
+            .OrderBy(m => m.name, StringComparer.Ordinal).ToList();
+
+    /// <summary>The weights under their Hugging Face names: <c>state_dict()</c> without LoRA adapter tensors. With
+    /// unmerged adapters these are the base weights.</summary>
+    public Dictionary<string, Tensor> HfWeights()
+    {
+        var adapterKeys = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (name, p) in Projections())
+            if (p.Adapter is not null)
+            {
+                adapterKeys.Add(name + ".lora_A.weight");
+                adapterKeys.Add(name + ".lora_B.weight");
+            }
+        return state_dict().Where(kv => !adapterKeys.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+    }
+
+    /// <summary>Some projection has a LoRA adapter whose update is not in its weight (saving the weights alone would lose it).</summary>
+    public bool HasUnmergedAdapters => Projections().Any(p => p.Projection.Adapter is not null && !p.Projection.Merged);
+
     public ParameterCounts CountParameters()
     {
         long total = 0, trainable = 0, embedding = 0;
@@ -70,13 +108,13 @@ public abstract class TransformerModel : nn.Module
         {
             switch (m)
             {
-                case Linear l:
-                    Normal(l.weight!, std);
-                    l.bias?.zero_();
-                    break;
                 case Conv1D c:
                     Normal(c.weight, name.EndsWith("c_proj", StringComparison.Ordinal) ? std / Math.Sqrt(2.0 * Config.NumHiddenLayers) : std);
                     c.bias.zero_();
+                    break;
+                case Projection l:
+                    Normal(l.weight, std);
+                    l.bias?.zero_();
                     break;
                 case Embedding e:
                     Normal(e.weight!, std);
@@ -106,18 +144,18 @@ public sealed class CausalLanguageModel : TransformerModel
     {
         if (!config.TieWordEmbeddings)
         {
-            lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
+            lm_head = new Projection(config.HiddenSize, config.VocabSize, hasBias: false, dtype, device);
             register_module("lm_head", lm_head);
         }
     }
 
     /// <summary>The untied output projection, or null when tied to the token embeddings.</summary>
-    public Linear? lm_head { get; }
+    public Projection? lm_head { get; }
 
     public override ModelHead Head => ModelHead.CausalLM;
 
-    /// <summary>(B, T, hidden) -> logits (B, T, vocab).</summary>
-    public Tensor Logits(Tensor hidden) => lm_head is not null ? lm_head.forward(hidden) : F.linear(hidden, Trunk.TokenEmbedding);
+    /// <summary>(B, T, hidden) -> logits (B, T, vocab), in the compute dtype when one is set.</summary>
+    public Tensor Logits(Tensor hidden) => lm_head is not null ? lm_head.forward(hidden) : Projection.Linear(hidden, Trunk.TokenEmbedding, null, ComputeDType);
 
     /// <summary>Logits (B, T, vocab) for <paramref name="inputIds"/>; arguments as <see cref="Trunk.Forward"/>.</summary>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
@@ -135,11 +173,11 @@ public sealed class ScoreModel : TransformerModel
     public ScoreModel(ModelConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
         : base("ScoreModel", config, dtype, device)
     {
-        score = nn.Linear(config.HiddenSize, config.NumLabels, hasBias: false, device: device, dtype: dtype);
+        score = new Projection(config.HiddenSize, config.NumLabels, hasBias: false, dtype, device);
         register_module("score", score);
     }
 
-    public Linear score { get; }
+    public Projection score { get; }
     public int NumLabels => Config.NumLabels;
     public override ModelHead Head => ModelHead.SequenceClassification;
     internal override IReadOnlySet<string> FreshParameters => new HashSet<string> { "score.weight" };

@@ -32,9 +32,20 @@ public abstract class Trunk : nn.Module
     /// <returns>Final hidden states (B, T, hidden) after the last norm.</returns>
     public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null);
 
-    /// <summary>A cache sized for this model.</summary>
+    /// <summary>dtype of the activations (residual stream, attention); null = the weights' dtype. Set through
+    /// <see cref="TransformerModel.ComputeDType"/>, which also sets every projection.</summary>
+    public ScalarType? ComputeDType { get; internal set; }
+
+    /// <summary>The dtype attention runs in, and so the dtype of cached keys and values.</summary>
+    public ScalarType ActivationDType => ComputeDType ?? TokenEmbedding.dtype;
+
+    /// <summary>A cache sized for this model, in the dtype attention runs in.</summary>
     public KvCache NewCache(long batch, long maxLength, Device? device = null) =>
-        new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, maxLength, Config.HeadDim, TokenEmbedding.dtype, device ?? TokenEmbedding.device);
+        new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, maxLength, Config.HeadDim, ActivationDType, device ?? TokenEmbedding.device);
+
+    /// <summary>Embedding output cast to the compute dtype (embeddings stay in the weights' dtype, as under autocast).</summary>
+    protected Tensor ToComputeDType(Tensor embedded) =>
+        ComputeDType is ScalarType dtype && embedded.dtype != dtype ? embedded.to(dtype) : embedded;
 
     /// <summary>Checkpoint keys (relative to the trunk) that are buffers, not weights, in some HF files.</summary>
     internal virtual bool IsIgnoredCheckpointKey(string key) => false;
