@@ -27,6 +27,10 @@ public sealed class StudioOptions
     /// <summary>Absolute data folder.</summary>
     public string DataPath { get; private set; } = "";
     public string RunsPath => Path.Combine(DataPath, "runs");
+    /// <summary>Where uploaded datasets are stored; always an allowed dataset root.</summary>
+    public string UploadsPath => Path.Combine(DataPath, "uploads");
+    /// <summary>Dataset roots plus the uploads folder.</summary>
+    public IReadOnlyList<string> AllowedDatasetRoots => [.. DatasetRoots, UploadsPath];
 
     internal void Resolve(string contentRoot)
     {

@@ -32,6 +32,8 @@ public static class StudioServices
         builder.Services.AddSingleton<MachineBenchmarkService>();
         builder.Services.AddSingleton<RunCatalog>();
         builder.Services.AddSingleton<AccessGuard>();
+        builder.Services.AddSingleton<DatasetLibrary>();
+        builder.Services.AddSingleton<ModelLibrary>();
         builder.Services.AddSingleton<RunQueries>();
         builder.Services.AddSingleton<JobFactory>();
         builder.Services.AddSingleton<RecordWriter>();
@@ -73,6 +75,7 @@ public static class StudioServices
         app.MapLogin();
         app.MapSystemApi();
         app.MapRunsApi();
+        app.MapLibraryApi();
         app.MapHub<RunsHub>(RunsHub.Path);
         app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
         return app;

@@ -20,7 +20,11 @@ public class StudioFactory : WebApplicationFactory<Program>
         builder.UseSetting("Studio:DatasetRoots:0", Path.Combine(DataFolder, "datasets"));
         builder.UseSetting("Studio:BenchmarkMatrixSize", "256");
         if (Jobs is not null) builder.ConfigureTestServices(s => s.AddSingleton<JobFactory>(Jobs));
+        foreach (var (key, value) in Settings) builder.UseSetting(key, value);
     }
+
+    /// <summary>Extra configuration (e.g. "Studio:MaxUploadMegabytes").</summary>
+    public Dictionary<string, string> Settings { get; init; } = [];
 
     /// <summary>Jobs the run service executes instead of the engine's (set before the host starts).</summary>
     public JobFactory? Jobs { get; init; }

@@ -75,10 +75,10 @@ public sealed class RunCatalog(IDbContextFactory<StudioDbContext> dbFactory, Stu
     private IEnumerable<SpecError> CheckPaths(RunSpec spec)
     {
         var o = options.Value;
-        var checks = new List<(string Field, string? Path, List<string> Roots, string What)>
+        var checks = new List<(string Field, string? Path, IReadOnlyList<string> Roots, string What)>
         {
             ("model.path", spec.Model.Path, o.ModelRoots, "model"),
-            ("dataset.path", spec.Dataset.Path, o.DatasetRoots, "dataset"),
+            ("dataset.path", spec.Dataset.Path, o.AllowedDatasetRoots, "dataset"),
         };
         switch (spec)
         {
