@@ -64,8 +64,8 @@ internal sealed class TinyLmTask : ITrainingTask<TinyLmTask.Batch>, IDisposable
     {
         _lossCalls++;
         var hidden = nn.functional.dropout(Model.Hidden(batch.Ids), Dropout, training: Dropout > 0);
-        var logits = Model.Logits(hidden)[.., ..-1].reshape(-1, TestModels.Vocab);
-        var targets = batch.Labels[.., 1..].reshape(-1);
+        var logits = Model.Logits(hidden).narrow(1, 0, Length - 1).reshape(-1, TestModels.Vocab);
+        var targets = batch.Labels.narrow(1, 1, Length - 1).reshape(-1);
         var loss = nn.functional.cross_entropy(logits, targets, ignore_index: -100, reduction: nn.Reduction.Sum);
         var valid = targets.ne(-100);
         double correct = logits.argmax(-1).eq(targets).logical_and(valid).sum().item<long>();
