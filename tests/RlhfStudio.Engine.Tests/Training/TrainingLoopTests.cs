@@ -189,6 +189,17 @@ public class TrainingLoopTests
         Assert.Equal(0.3, state.Metric);
     }
 
+    [Fact]
+    public void A_run_leaves_no_live_tensor_behind()
+    {
+        using var dir = new TempDir();
+        using var task = new TinyLmTask();
+        long before = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        var (outcome, _) = TrainingSpecs.Run(task, TrainingSpecs.Spec(maxSteps: 4, saveSteps: 2), dir.Path);
+        Assert.Equal(RunEndState.Completed, outcome.State);
+        Assert.Equal(before, TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
     /// <summary>Runs an action when a given step's metrics arrive.</summary>
     private sealed class SnapshotReporter : IRunReporter
     {
