@@ -144,7 +144,7 @@ public static partial class TextGenerator
         if (settings.IsGreedy) return scores.argmax(-1).MoveToOuterDisposeScope();
         var warped = LogitsWarpers.Warp(scores, settings.Temperature, settings.TopK, settings.TopP);
         var probs = warped.softmax(-1);
-        return probs.multinomial(1, generator: generator).squeeze(1).MoveToOuterDisposeScope();
+        return Sampling.Draw(probs, generator).MoveToOuterDisposeScope();
     }
 
     /// <summary>Runs the model on new tokens (writing the cache) and returns fp32 logits of the last position (B, V).
