@@ -1,0 +1,25 @@
+using RlhfStudio.Engine.IO;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RlhfStudio.Cli.Commands;
+
+internal static class CommandHelpers
+{
+    /// <summary>--dtype: fp32 (default) or bf16. fp16 is refused: it is unusably slow on CPUs.</summary>
+    public static ScalarType DType(Arguments args) => args.String("dtype") switch
+    {
+        null or "fp32" or "float32" => ScalarType.Float32,
+        "bf16" or "bfloat16" => ScalarType.BFloat16,
+        var other => throw new UsageException($"--dtype must be fp32 or bf16, got \"{other}\""),
+    };
+
+    /// <summary>A model folder given on the command line, with the loader's own checks (pickle refusal, config).</summary>
+    public static string ModelFolder(string path)
+    {
+        if (File.Exists(path)) CheckpointFiles.RefusePickle(path);
+        if (File.Exists(path)) throw new ModelLoadException($"{path}: is a file; give the model folder (with config.json and safetensors weights)");
+        if (!Directory.Exists(path)) throw new ModelLoadException($"{path}: model folder not found");
+        return path;
+    }
+}

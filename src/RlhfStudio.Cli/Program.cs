@@ -1,0 +1,3 @@
+using RlhfStudio.Cli;
+
+return CliApp.Run(args, Console.Out, Console.Error);

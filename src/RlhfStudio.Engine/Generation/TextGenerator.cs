@@ -1,0 +1,171 @@
+// Autoregressive decoding with a preallocated KV cache, following transformers' generate(): the whole left-padded
+// prompt batch in one forward, then one token per step; finished rows keep emitting pad until every row is done.
+using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace RlhfStudio.Engine.Generation;
+
+public static partial class TextGenerator
+{
+    /// <summary>TRL divides logits by (temperature + 1e-7) before log_softmax; the logprobs here match that.</summary>
+    public const double LogProbTemperatureEpsilon = 1e-7;
+
+    /// <summary>Generates continuations of a batch of prompts.</summary>
+    /// <param name="inputIds">(B, P) int64 prompts, left padded.</param>
+    /// <param name="attentionMask">(B, P), 1 = real token, 0 = padding; null = no padding.</param>
+    /// <param name="onStep">Called after every step with the new token of each row (streaming).</param>
+    /// <param name="tokenizer">Needed for <see cref="GenerationSettings.StopStrings"/> and to pick a pad id.</param>
+    public static GenerationResult Generate(CausalLanguageModel model, Tensor inputIds, Tensor? attentionMask, GenerationSettings settings,
+        Action<GenerationStep>? onStep = null, TextTokenizer? tokenizer = null, CancellationToken cancel = default)
+    {
+        settings.Validate();
+        if (inputIds.ndim != 2 || inputIds.dtype != ScalarType.Int64 || inputIds.shape[1] == 0)
+            throw new ArgumentException($"inputIds must be (B, P) int64 with P >= 1, got [{string.Join(", ", inputIds.shape)}] {inputIds.dtype}");
+        if (attentionMask is not null && !attentionMask.shape.SequenceEqual(inputIds.shape))
+            throw new ArgumentException($"attentionMask must have the shape of inputIds [{string.Join(", ", inputIds.shape)}], got [{string.Join(", ", attentionMask.shape)}]");
+        if (settings.StopStrings.Count > 0 && tokenizer is null)
+            throw new ArgumentException("stop strings need a tokenizer to decode the responses");
+
+        var eosIds = settings.EosTokenIds ?? model.Config.EosTokenIds;
+        var stopIds = eosIds.Concat(settings.StopTokenIds).Distinct().ToArray();
+        long pad = settings.PadTokenId ?? tokenizer?.PadId ?? model.Config.PadTokenId ?? (eosIds.Count > 0 ? eosIds[0] : 0);
+        long vocab = model.Config.VocabSize;
+        foreach (var id in stopIds.Append(pad))
+            if (id < 0 || id >= vocab) throw new ArgumentException($"token id {id} (eos, stop or pad) is outside the vocabulary (0..{vocab - 1})");
+
+        using var noGrad = torch.no_grad();
+        using var scope = NewDisposeScope();
+        var device = model.Device;
+        long batch = inputIds.shape[0], promptLength = inputIds.shape[1];
+        int maxNew = settings.MaxNewTokens;
+        long total = promptLength + maxNew;
+
+        var ids = inputIds.to(device);
+        var promptMask = attentionMask is null
+            ? torch.ones([batch, promptLength], dtype: ScalarType.Int64, device: device)
+            : attentionMask.to(ScalarType.Int64).to(device);
+        CheckPrompts(ids, promptMask, vocab);
+        var realLengths = promptMask.sum(-1, keepdim: true, type: ScalarType.Int64);             // (B, 1)
+        if (model.Config.Family == ModelFamily.Gpt2 && realLengths.max().item<long>() + maxNew > model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"prompt plus max_new_tokens exceeds the model's {model.Config.MaxPositionEmbeddings} positions");
+
+        // Without padding the model needs no mask at all: plain causal prefill and an unmasked one-token decode, the
+        // cheapest attention paths. With padding, the full (B, P + N) mask is built once and narrowed each step; new
+        // columns are 1 from the start, as HF appends a 1 per step for every row, finished or not.
+        bool padded = promptMask.eq(0).any().item<bool>();
+        Tensor? fullMask = null;
+        if (padded)
+        {
+            fullMask = torch.ones([batch, total], dtype: ScalarType.Int64, device: device);
+            fullMask.narrow(1, 0, promptLength).copy_(promptMask);
+        }
+        // Positions as HF: cumsum(mask) - 1 with padded slots set to 1; the first new token sits at the real length.
+        var promptPositions = promptMask.cumsum(-1) - 1;
+        using (var one = 1.ToScalar()) promptPositions.masked_fill_(promptMask.eq(0), one);
+        var nextPosition = realLengths.clone();                                                  // (B, 1)
+
+        var responses = torch.full([batch, maxNew], pad, dtype: ScalarType.Int64, device: device);
+        var logProbs = settings.ReturnLogProbs ? torch.zeros([batch, maxNew], dtype: ScalarType.Float32, device: device) : null;
+        var unfinished = torch.ones([batch], dtype: ScalarType.Bool, device: device);
+        var padTensor = torch.full([batch], pad, dtype: ScalarType.Int64, device: device);
+        var stopTensor = torch.tensor(stopIds, dtype: ScalarType.Int64, device: device);
+        var eosTensor = torch.tensor(eosIds.ToArray(), dtype: ScalarType.Int64, device: device);
+        using var cache = model.NewCache(batch, total);
+        var generator = new torch.Generator((ulong)settings.Seed, device);
+        using var logProbScale = (settings.LogProbTemperature + LogProbTemperatureEpsilon).ToScalar();
+        using var zero = 0.0f.ToScalar();
+
+        var host = new StepBookkeeping(batch, eosIds, settings, tokenizer);
+        int steps = 0;
+        var logits = NextLogits(model, ids, fullMask?.narrow(1, 0, promptLength), promptPositions, cache);   // (B, V) fp32
+        try
+        {
+            for (int step = 0; step < maxNew; step++)
+            {
+                cancel.ThrowIfCancellationRequested();
+                using var stepScope = NewDisposeScope();
+                var next = Choose(logits, settings, step < settings.MinNewTokens ? eosTensor : null, generator);   // (B)
+                var active = unfinished.clone();
+                next = torch.where(active, next, padTensor);
+                responses.narrow(1, step, 1).copy_(next.unsqueeze(1));
+                if (logProbs is not null)
+                {
+                    var all = F.log_softmax(logits.div(logProbScale), -1);
+                    var chosen = all.gather(1, next.unsqueeze(1)).squeeze(1).masked_fill(active.logical_not(), zero);
+                    logProbs.narrow(1, step, 1).copy_(chosen.unsqueeze(1));
+                }
+                if (stopIds.Length > 0) unfinished.logical_and_(next.isin(stopTensor).logical_not());
+
+                // The one host read per step: the new tokens, for streaming, stop strings and the end-of-loop test.
+                var tokens = next.cpu().data<long>().ToArray();
+                var stringStops = host.Record(step, tokens);
+                if (stringStops.Count > 0)
+                {
+                    using var rows = torch.tensor(stringStops.ToArray(), dtype: ScalarType.Int64, device: device);
+                    using var no = false.ToScalar();
+                    unfinished.index_fill_(0, rows, no);
+                }
+                steps = step + 1;
+                onStep?.Invoke(new GenerationStep(step, tokens, host.LastStepActive));
+                if (host.AllFinished || step == maxNew - 1) break;
+
+                var previous = logits;
+                logits = NextLogits(model, next.unsqueeze(1), fullMask?.narrow(1, 0, promptLength + step + 1), nextPosition, cache);
+                previous.Dispose();
+                nextPosition.add_(1);
+                // Scalars made inside the model are not tracked by dispose scopes; a gen-0 collection frees them
+                // before glibc pins the memory (see the TorchSharp notes).
+                if (step % 8 == 7) GC.Collect(0);
+            }
+        }
+        finally
+        {
+            logits.Dispose();
+        }
+
+        var responseIds = responses.narrow(1, 0, steps).contiguous();
+        var lengths = torch.tensor(host.Lengths, dtype: ScalarType.Int64, device: device);
+        var mask = torch.arange(steps, dtype: ScalarType.Int64, device: device).unsqueeze(0).lt(lengths.unsqueeze(1));
+        var sequences = torch.cat([ids, responseIds], 1);
+        var lp = logProbs?.narrow(1, 0, steps).contiguous();
+        var result = new GenerationResult(sequences.DetachFromDisposeScope(), responseIds.DetachFromDisposeScope(), mask.DetachFromDisposeScope(),
+            lengths.DetachFromDisposeScope(), lp?.DetachFromDisposeScope(), host.Tokens, host.Reasons, promptLength);
+        return result;
+    }
+
+    /// <summary>The next token of every row: argmax when greedy, else a draw from the warped distribution.</summary>
+    private static Tensor Choose(Tensor logits, GenerationSettings settings, Tensor? suppress, torch.Generator generator)
+    {
+        using var scope = NewDisposeScope();
+        var scores = suppress is not null && suppress.numel() > 0 ? LogitsWarpers.Suppress(logits, suppress) : logits;
+        if (settings.IsGreedy) return scores.argmax(-1).MoveToOuterDisposeScope();
+        var warped = LogitsWarpers.Warp(scores, settings.Temperature, settings.TopK, settings.TopP);
+        var probs = warped.softmax(-1);
+        return Sampling.Draw(probs, generator).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Runs the model on new tokens (writing the cache) and returns fp32 logits of the last position (B, V).
+    /// Only the last position goes through the LM head: during prefill the others are not needed.</summary>
+    private static Tensor NextLogits(CausalLanguageModel model, Tensor ids, Tensor? mask, Tensor positions, KvCache cache)
+    {
+        using var scope = NewDisposeScope();
+        var hidden = model.Hidden(ids, mask, positions, cache);                    // (B, T, C)
+        var last = hidden.narrow(1, hidden.shape[1] - 1, 1);                        // (B, 1, C)
+        var logits = model.Logits(last).squeeze(1).to(ScalarType.Float32);        // (B, V)
+        return logits.DetachFromDisposeScope();
+    }
+
+    private static void CheckPrompts(Tensor ids, Tensor mask, long vocab)
+    {
+        using var scope = NewDisposeScope();
+        if (ids.min().item<long>() < 0 || ids.max().item<long>() >= vocab)
+            throw new ArgumentException($"prompt ids must be in 0..{vocab - 1}");
+        if (mask.sum(-1).min().item<long>() == 0) throw new ArgumentException("a prompt has no real token (its attention mask is all 0)");
+        // Left padding: once a row's mask turns 1 it stays 1 (otherwise the last column is not the prompt's last token).
+        if (mask.narrow(1, 1, mask.shape[1] - 1).lt(mask.narrow(1, 0, mask.shape[1] - 1)).any().item<bool>())
+            throw new ArgumentException("prompts must be left padded: a 0 follows a 1 in the attention mask");
+    }
+}
