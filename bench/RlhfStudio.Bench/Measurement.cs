@@ -18,6 +18,10 @@ public sealed record Measurement(
     /// ~1.8 with 2 threads, other processes took CPU from the measurement.</summary>
     public double? CpuShare { get; init; }
 
+    /// <summary>Process CPU time per repetition, in milliseconds: less sensitive to other processes than wall time
+    /// (though waiting at thread barriers under contention still counts).</summary>
+    public double? CpuMilliseconds { get; init; }
+
     /// <summary>VmHWM of the process that ran only this workload, in MiB.</summary>
     public double? PeakRssMiB { get; init; }
 
@@ -31,7 +35,7 @@ public static class Timing
     /// times timed. A gen-0 collection before each run frees the native Scalars of the previous one (TorchSharp does not
     /// track them), so runs do not pay for each other's garbage. Returns the seconds of each run and the process's CPU
     /// share over the timed runs.</summary>
-    public static (List<double> Seconds, double CpuShare) Run(Action work, int warmups, int repetitions)
+    public static (List<double> Seconds, double CpuShare, double CpuSeconds) Run(Action work, int warmups, int repetitions)
     {
         for (int i = 0; i < warmups; i++) work();
         var times = new List<double>();
@@ -47,12 +51,12 @@ public static class Timing
             times.Add(sw.Elapsed.TotalSeconds);
         }
         process.Refresh();
-        double share = (process.TotalProcessorTime - cpuStart).TotalSeconds / wall.Elapsed.TotalSeconds;
-        return (times, share);
+        double cpu = (process.TotalProcessorTime - cpuStart).TotalSeconds;
+        return (times, cpu / wall.Elapsed.TotalSeconds, cpu / repetitions);
     }
 
     /// <summary>A rate measurement from timed runs each doing <paramref name="unitsPerRun"/> units of work.</summary>
-    public static Measurement Rate(string id, string unit, double unitsPerRun, (List<double> Seconds, double CpuShare) run,
+    public static Measurement Rate(string id, string unit, double unitsPerRun, (List<double> Seconds, double CpuShare, double CpuSeconds) run,
         double? flopsPerRun = null, string? notes = null)
     {
         var sorted = run.Seconds.Order().ToList();
@@ -60,6 +64,7 @@ public static class Timing
         return new Measurement(id, unit, unitsPerRun / best, unitsPerRun / median, sorted.Count, best * 1000, flopsPerRun, notes)
         {
             CpuShare = run.CpuShare,
+            CpuMilliseconds = run.CpuSeconds * 1000,
         };
     }
 }

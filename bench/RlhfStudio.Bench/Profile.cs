@@ -18,20 +18,24 @@ public static class Profile
 {
     private static readonly List<string[]> Rows = [];
 
-    public static int Run()
+    /// <param name="filter">Only the parts whose "training-tiny-bf16" / "decode-25M-fp32" label contains this.</param>
+    public static int Run(string? filter)
     {
-        Console.WriteLine($"profile (load {Machine.LoadAverage()}); ms per call, best of 5 rounds");
+        Console.WriteLine($"profile (load {Machine.LoadAverage()}); ms per call, best of {Rounds} rounds");
         foreach (var config in BenchConfig.All)
             foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
-                Training(config, dtype);
-        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
-            Decode(BenchConfig.Tiny, dtype);
+            {
+                if (filter is null || $"training-{config.Name}-{DTypes.Name(dtype)}".Contains(filter, StringComparison.Ordinal)) Training(config, dtype);
+                if (filter is null || $"decode-{config.Name}-{DTypes.Name(dtype)}".Contains(filter, StringComparison.Ordinal)) Decode(config, dtype);
+            }
         Report.PrintMarkdown(Console.Out, ["what", "config", "dtype", "ms", "x per step", "ms per step"], Rows);
         Console.WriteLine($"load average after: {Machine.LoadAverage()}");
         return 0;
     }
 
-    private static double Time(Action work, int calls = 4, int rounds = 5)
+    private const int Rounds = 3;
+
+    private static double Time(Action work, int calls = 2, int rounds = Rounds)
     {
         work();
         double best = double.MaxValue;
@@ -169,6 +173,6 @@ public static class Profile
         Add("decode: sample (softmax + inverse CDF)", config, dtype, PerCall(() => { using var s = NewDisposeScope(); Sampling.Draw(logits.softmax(-1), gen); }), Generate.NewTokens);
         var settings = new GenerationSettings { MaxNewTokens = Generate.NewTokens, Temperature = 1.0, EosTokenIds = [], PadTokenId = 0, Seed = 1 };
         using var ids = torch.randint(0, c.VocabSize, [Batch, Generate.PromptLength], generator: gen, dtype: ScalarType.Int64);
-        Add("generate 8x(32+128), whole", config, dtype, Time(() => { using var r = TextGenerator.Generate(model, ids, null, settings); }, calls: 1, rounds: 3));
+        Add("generate 8x(32+128), whole", config, dtype, Time(() => { using var r = TextGenerator.Generate(model, ids, null, settings); }, calls: 1));
     }
 }

@@ -1,7 +1,7 @@
 // Benchmarks of the engine against PyTorch on this machine, one command:
 //   dotnet run -c Release --project bench/RlhfStudio.Bench -- [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S]
 //   ... -- --curves [steps]     bf16-compute vs fp32 training loss curves (tiny config)
-//   ... -- --profile            where a training step and a decode step spend their time
+//   ... -- --profile [--only decode-tiny]   where a training step and a decode step spend their time
 using System.Globalization;
 using System.Text.Json;
 using RlhfStudio.Bench;
@@ -19,7 +19,7 @@ if (options.Child is string childId)
     return 0;
 }
 if (options.Curves is int steps) return Curves.Run(steps);
-if (options.Profile) return Profile.Run();
+if (options.Profile) return Profile.Run(options.Only.FirstOrDefault());
 
 var machine = TorchRuntime.Describe();
 int cores = Machine.PhysicalCores();
@@ -92,7 +92,7 @@ return 0;
 
 internal sealed record Options(bool Quick, bool NoPyTorch, bool Profile, int? Curves, string? Child, IReadOnlyList<string> Only, double? MaxLoad, int WaitSeconds)
 {
-    private const string Usage = "usage: RlhfStudio.Bench [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S] | --curves [steps] | --profile";
+    private const string Usage = "usage: RlhfStudio.Bench [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S] | --curves [steps] | --profile [--only training-tiny-bf16]";
 
     public static Options? Parse(string[] args)
     {

@@ -168,15 +168,15 @@ def timed(work, warmups, repetitions):
         t0 = time.perf_counter()
         work()
         times.append(time.perf_counter() - t0)
-    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    return times, share
+    cpu = time.process_time() - cpu0
+    return times, cpu / (time.perf_counter() - wall0), cpu / repetitions
 
 
 def rate(wid, unit, units, run, flops=None, notes=None):
-    times, share = run
+    times, share, cpu = run
     best, median = min(times), statistics.median_low(times)
     return dict(id=wid, unit=unit, best=units / best, median=units / median, repetitions=len(times), millisecondsBest=best * 1000,
-                flopsPerIteration=flops, notes=notes, cpuShare=share)
+                flopsPerIteration=flops, notes=notes, cpuShare=share, cpuMilliseconds=cpu * 1000)
 
 
 def non_embedding(model):
