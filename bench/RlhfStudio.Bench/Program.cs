@@ -11,6 +11,8 @@ using RlhfStudio.Engine.Runtime;
 var options = Options.Parse(args);
 if (options is null) return 2;
 
+// BENCH_THREADS=1 (both sides read it) is for CPU-time comparisons on a loaded machine; the default is libtorch's (2 here).
+if (int.TryParse(Environment.GetEnvironmentVariable("BENCH_THREADS"), CultureInfo.InvariantCulture, out var threads)) TorchSharp.torch.set_num_threads(threads);
 if (options.Child is string childId)
 {
     var result = Suite.Run(Suite.Find(childId), options.Quick) with { };

@@ -336,7 +336,8 @@ def main():
     parser.add_argument("--workload", required=True, help="e.g. matmul-bf16, train-tiny-fp32, generate-25M-bf16, reward-tiny-fp32, dpo-tiny-bf16")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(2)   # Debian's build defaults to 1 thread here
+    # Debian's build defaults to 1 thread here; BENCH_THREADS=1 is for CPU-time comparisons on a loaded machine.
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     reps = 3 if args.quick else 6
     parts = args.workload.split("-")
     kind, dtype = parts[0], parts[-1]
