@@ -49,7 +49,7 @@ internal static class EvalCommands
         }
         foreach (var s in report.Samples.Take(args.Int("show", 5, min: 0)))
             output.Out.WriteLine($"  {s.Question}  ->  {s.Completion.ReplaceLineEndings(" ")}  [{s.Score.ToString(CultureInfo.InvariantCulture)}]");
-        output.Out.WriteLine($"exact match {report.ExactMatch:P1} ({report.Samples.Count(s => s.Correct)}/{report.Count}), mean true score " +
+        output.Out.WriteLine($"exact match {Percent(report.ExactMatch)} ({report.Samples.Count(s => s.Correct)}/{report.Count}), mean true score " +
             $"{report.MeanScore.ToString("F3", CultureInfo.InvariantCulture)} on {report.Count} held-out questions (seed {seed}, greedy, template {template.Name}, " +
             $"{clock.Elapsed.TotalSeconds:F1} s)");
         return 0;
@@ -90,10 +90,12 @@ internal static class EvalCommands
             output.Out.WriteLine(new JsonObject { ["pairs"] = n, ["accuracy"] = accuracy, ["mean_margin"] = margin / n, ["seconds"] = clock.Elapsed.TotalSeconds }.ToJsonString());
             return 0;
         }
-        output.Out.WriteLine($"pair accuracy {accuracy:P1} ({correct}/{n}), mean margin {(margin / n).ToString("F3", CultureInfo.InvariantCulture)} on {n} held-out " +
+        output.Out.WriteLine($"pair accuracy {Percent(accuracy)} ({correct}/{n}), mean margin {(margin / n).ToString("F3", CultureInfo.InvariantCulture)} on {n} held-out " +
             $"preference pairs (seed {seed}, template {template.Name}, {clock.Elapsed.TotalSeconds:F1} s)");
         return 0;
     }
+
+    private static string Percent(double fraction) => (100 * fraction).ToString("F1", CultureInfo.InvariantCulture) + "%";
 
     private static PromptTemplate Template(Arguments args, TextTokenizer tokenizer, string folder, TransformerModel model)
     {

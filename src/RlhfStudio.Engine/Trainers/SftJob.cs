@@ -45,7 +45,7 @@ public sealed class SftJob : ITrainingJob
         var evalExamples = dataset.Examples(DatasetPart.Eval).ToList();
         var (eval, evalStats) = SftData.TokenizeAll(evalExamples, tokenizer, setup.Template, maxLength, spec.CompletionOnlyLoss);
         reporter.Event(RunEvent.Info($"tokenised {stats.Examples:N0} training examples ({stats.Tokens:N0} tokens, " +
-            $"{(stats.Examples == 0 ? 0 : stats.Tokens / (double)Math.Max(1, train.Count)):F1} per sequence) and {evalStats.Examples:N0} evaluation examples " +
+            $"{stats.Tokens / (double)Math.Max(1, train.Count):F1} per sequence) and {evalStats.Examples:N0} evaluation examples " +
             $"in {clock.Elapsed.TotalSeconds:F1} s"));
         if (stats.Truncated + evalStats.Truncated > 0)
             reporter.Event(RunEvent.Warn("sequences-truncated", $"{stats.Truncated:N0} training and {evalStats.Truncated:N0} evaluation sequences " +
