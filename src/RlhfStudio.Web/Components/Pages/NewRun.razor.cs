@@ -251,7 +251,7 @@ public partial class NewRun
             {
                 var real = PathGuard.EnsureUnder(path, Options.Value.ModelRoots, "model");
                 var summary = await Task.Run(() => ModelInspection.Inspect(real));
-                return (summary.Parameters, $"{summary.Architecture} from config.json");
+                return (summary.Parameters.Total, $"{summary.Architecture} from config.json");
             }
             catch (Exception e) when (e is ModelLoadException or UnauthorizedAccessException or ArgumentException or IOException)
             {
