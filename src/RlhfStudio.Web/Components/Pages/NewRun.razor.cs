@@ -79,6 +79,9 @@ public partial class NewRun
     private List<SpecError> OtherErrors => Errors.Where(e => !FieldsOnForm.Any(f => RunForm.For([e], f).Any())).ToList();
 
     private bool Has(string field) => RunForm.For(Errors, field).Any();
+    // Errors are shown as helper text with our own class: MudBlazor 9 clears a field's Error state when the field
+    // validates itself on blur, so a parameter that stays true would not show again.
+    private string ErrClass(string field, string extra = "") => (Has(field) ? "field-error " : "") + extra;
     private string Err(string field) => string.Join("; ", RunForm.For(Errors, field).Select(e => e.Message));
 
     private IReadOnlyList<RunRecord> CompletedRuns => _runs.Where(r => r.Status == RunStatus.Completed && r.FinalModelPath is not null).ToList();
