@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Microsoft.Playwright;
+using RlhfStudio.Engine.Jobs;
 
 namespace RlhfStudio.Web.Tests.Browser;
 
@@ -9,7 +10,7 @@ namespace RlhfStudio.Web.Tests.Browser;
 [Collection(BrowserCollection.Name)]
 public class TrainingFlowTests(BrowserFixture fixture)
 {
-    [Fact]
+    [RequiresTrainerFact(TrainingMethod.Sft)]
     public async Task Launch_watch_inspect_compare_and_cancel_sft_runs()
     {
         var page = await fixture.NewPageAsync();
