@@ -36,6 +36,14 @@ public class ChartTests : BunitContext
     }
 
     [Fact]
+    public void Tick_labels_get_the_decimals_a_narrow_range_needs()
+    {
+        Assert.Equal(["0", "20", "40"], ChartMath.TickLabels([0, 20, 40]));
+        Assert.Equal(["6.020", "6.021", "6.022"], ChartMath.TickLabels([6.020, 6.021, 6.022]));
+        Assert.Equal(["5e-4", "6e-4"], ChartMath.TickLabels([5e-4, 6e-4]));
+    }
+
+    [Fact]
     public void Histogram_bins_have_nice_edges_and_count_every_value()
     {
         var values = new List<double> { 3, 7, 12, 19, 20, 41 };

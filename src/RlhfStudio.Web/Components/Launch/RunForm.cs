@@ -56,6 +56,7 @@ public sealed class RunForm
     public int GradientAccumulation { get => Spec.Training.GradientAccumulation; set => Spec = Spec with { Training = Spec.Training with { GradientAccumulation = value } }; }
     public double WeightDecay { get => Spec.Training.WeightDecay; set => Spec = Spec with { Training = Spec.Training with { WeightDecay = value } }; }
 
+    public int LoggingSteps { get => Spec.Checkpoints.LoggingSteps; set => Spec = Spec with { Checkpoints = Spec.Checkpoints with { LoggingSteps = value } }; }
     public int EvalSteps { get => Spec.Checkpoints.EvalSteps; set => Spec = Spec with { Checkpoints = Spec.Checkpoints with { EvalSteps = value } }; }
     public int SaveSteps { get => Spec.Checkpoints.SaveSteps; set => Spec = Spec with { Checkpoints = Spec.Checkpoints with { SaveSteps = value } }; }
     public int KeepLast { get => Spec.Checkpoints.KeepLast; set => Spec = Spec with { Checkpoints = Spec.Checkpoints with { KeepLast = value } }; }

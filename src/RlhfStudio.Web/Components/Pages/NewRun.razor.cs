@@ -55,7 +55,7 @@ public partial class NewRun
     [
         "name", "model", "dataset", "reward", "maxLength", "adapter", "training.learningRate", "training.maxSteps", "training.epochs",
         "training.batchSize", "training.gradientAccumulation", "training.warmupRatio", "training.weightDecay", "checkpoints.evalSteps",
-        "checkpoints.saveSteps", "checkpoints.keepLast", "sampling.maxNewTokens", "sampling.temperature", "numSamples", "centerRewardsCoefficient",
+        "checkpoints.saveSteps", "checkpoints.keepLast", "checkpoints.loggingSteps", "sampling.maxNewTokens", "sampling.temperature", "numSamples", "centerRewardsCoefficient",
         "klCoef", "numPpoEpochs", "numMiniBatches", "clipRange", "missingEosPenalty", "vfCoef", "gamma", "lam", "targetKl", "rlooK", "beta",
         "labelSmoothing", "maxPromptLength",
     ];
