@@ -1,0 +1,90 @@
+// The models of an on-policy RL run, built from an RlSpec:
+//
+//   policy      the SFT model (a folder, or a preset in tests), trained in full, with LoRA, or with frozen lower layers
+//   reference   the policy's starting weights: with LoRA the same model with its adapters disabled (no second copy);
+//               otherwise a frozen second load of the same folder; spec.Reference overrides
+//   value       PPO only: spec.ValueModel, else the reward model's folder (TRL's default), else the policy's starting
+//               weights with a fresh one-output score head; trained like the policy (full, LoRA or frozen layers)
+//   scorer      a reward model (score head, pooled at the last real token) or a built-in exact scorer
+using RlhfStudio.Engine.Adapters;
+using RlhfStudio.Engine.IO;
+using RlhfStudio.Engine.Jobs;
+using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Text;
+using RlhfStudio.Engine.Training;
+using static TorchSharp.torch;
+
+namespace RlhfStudio.Engine.Trainers.Rl;
+
+/// <summary>The models of a run. Owns them (and disposes them) unless built by a caller that keeps ownership.</summary>
+public sealed class RlModels : IDisposable
+{
+    private readonly bool _owned;
+
+    public RlModels(TextTokenizer tokenizer, PromptTemplate template, CausalLanguageModel policy, CausalLanguageModel? referenceCopy,
+        ScoreModel? value, ISequenceScorer scorer, bool owned = true)
+    {
+        if (referenceCopy is null && Lora.ConfigOf(policy) is null)
+            throw new ArgumentException("without LoRA adapters on the policy a reference model must be given (a frozen copy of the starting weights)");
+        Tokenizer = tokenizer;
+        Template = template;
+        Policy = policy;
+        ReferenceCopy = referenceCopy;
+        Value = value;
+        Scorer = scorer;
+        _owned = owned;
+        foreach (var p in referenceCopy?.parameters() ?? []) p.requires_grad = false;
+    }
+
+    public TextTokenizer Tokenizer { get; }
+    public PromptTemplate Template { get; }
+    public CausalLanguageModel Policy { get; }
+    /// <summary>A separate frozen reference, or null when the reference is the policy with its adapters disabled.</summary>
+    public CausalLanguageModel? ReferenceCopy { get; }
+    public ScoreModel? Value { get; }
+    public ISequenceScorer Scorer { get; }
+
+    /// <summary>The reference model until the returned scope is disposed (PEFT's <c>with model.disable_adapter()</c> when
+    /// the reference is the policy without its adapters).</summary>
+    public IDisposable UseReference(out CausalLanguageModel reference)
+    {
+        if (ReferenceCopy is not null)
+        {
+            reference = ReferenceCopy;
+            return new Nothing();
+        }
+        reference = Policy;
+        return Lora.Disabled(Policy);
+    }
+
+    /// <summary>The parameters the optimiser trains, named "policy.*" and "value.*" (the names key the optimiser state).</summary>
+    public IReadOnlyList<NamedParameter> TrainableParameters()
+    {
+        var list = ParameterGroups.Trainable(Policy).Select(p => new NamedParameter("policy." + p.Name, p.Parameter)).ToList();
+        if (Value is not null) list.AddRange(ParameterGroups.Trainable(Value).Select(p => new NamedParameter("value." + p.Name, p.Parameter)));
+        return list;
+    }
+
+    /// <summary>Every model in eval mode: TRL disables dropout in all four models for PPO, so that the log-probabilities of
+    /// the rollout and of the training forward come from the same function.</summary>
+    public void SetEvalMode()
+    {
+        Policy.eval();
+        ReferenceCopy?.eval();
+        Value?.eval();
+    }
+
+    public void Dispose()
+    {
+        if (!_owned) return;
+        Policy.Dispose();
+        ReferenceCopy?.Dispose();
+        Value?.Dispose();
+        Scorer.Dispose();
+    }
+
+    private sealed class Nothing : IDisposable
+    {
+        public void Dispose() { }
+    }
+}
