@@ -59,6 +59,7 @@ internal static class RlTestKit
     public static PpoSpec PpoSpec(int maxSteps = 3, int batch = 4, AdapterKind adapter = AdapterKind.Lora, int epochs = 2, int miniBatches = 2) => new()
     {
         Model = ModelRef.FromPreset("tiny"),
+        Dataset = new DatasetRef { Builtin = "arithmetic", MaxRows = 64 },
         Precision = Precision.Fp32,
         Seed = 5,
         MaxLength = 64,

@@ -26,9 +26,9 @@ public static class RlSetup
         CheckSizes(spec);
         var device = TorchRuntime.ParseDevice(spec.Device);
         var policySource = Resolve(spec.Model, "model");
+        var policyConfig = policySource.Path is { } p ? CheckPolicyFolder(p, "model") : null;
         var tokenizer = LoadTokenizer(policySource);
         var template = spec.Template is { } name ? PromptTemplates.Get(name) : PromptTemplates.DefaultFor(tokenizer);
-        var policyConfig = policySource.Path is { } p ? CheckPolicyFolder(p, "model") : null;
         int vocab = policyConfig?.VocabSize ?? tokenizer.VocabSize;
         if (tokenizer.EosId is not int eos || eos < 0 || eos >= vocab)
             throw new RlSetupException($"the tokenizer of {policySource} has no EOS token inside the model's vocabulary ({vocab} ids): responses could never end. " +
@@ -214,6 +214,11 @@ public static class RlSetup
     /// <summary>Full fine-tuning, LoRA (PEFT defaults otherwise) or frozen lower layers, as the spec says.</summary>
     public static void ApplyAdapter(TransformerModel model, AdapterSettings adapter, long seed)
     {
+        try { Apply(); }
+        catch (ArgumentException e) { throw new RlSetupException($"adapter: {e.Message}"); }
+
+        void Apply()
+        {
         switch (adapter.Kind)
         {
             case AdapterKind.Lora:
@@ -222,6 +227,7 @@ public static class RlSetup
             case AdapterKind.Freeze:
                 Freezing.FreezeLowerLayers(model, Math.Min(adapter.FrozenLayers, model.Config.NumHiddenLayers));
                 break;
+        }
         }
     }
 
