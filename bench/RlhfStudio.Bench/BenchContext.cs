@@ -13,11 +13,6 @@ public sealed class BenchContext(bool quick)
     public const string Preset = "small";
     public const int Vocab = 8192;
 
-    /// <summary>Best matmul GFLOP/s per dtype name ("fp32", "bf16"), filled by the matmul workload.</summary>
-    public Dictionary<string, double> PeakGflops { get; } = [];
-
-    public double? Peak(string dtype) => PeakGflops.TryGetValue(dtype, out var g) ? g * 1e9 : null;
-
     public static CausalLanguageModel CreateModel(ScalarType dtype) => ModelPresets.Create(Preset, Vocab, seed: 1, dtype: dtype);
 
     public static string Name(ScalarType dtype) => dtype == ScalarType.BFloat16 ? "bf16" : "fp32";

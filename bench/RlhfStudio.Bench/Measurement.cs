@@ -11,8 +11,12 @@ public sealed record Measurement(
     double Median,
     int Repetitions,
     double MillisecondsPerIteration,
-    double? ModelFlopUtilisation = null,
-    string? Notes = null);
+    double? FlopsPerIteration = null,
+    string? Notes = null)
+{
+    /// <summary>Achieved FLOP/s over the best peak of the same dtype; set once the whole run is done.</summary>
+    public double? ModelFlopUtilisation { get; init; }
+}
 
 public static class Timing
 {
@@ -35,11 +39,10 @@ public static class Timing
 
     /// <summary>A rate measurement from timed runs each doing <paramref name="unitsPerRun"/> units of work.</summary>
     public static Measurement Rate(string workload, string dtype, string unit, double unitsPerRun, List<double> seconds,
-        double? flopsPerRun = null, double? peakFlops = null, string? notes = null)
+        double? flopsPerRun = null, string? notes = null)
     {
         var sorted = seconds.Order().ToList();
         double best = sorted[0], median = sorted[sorted.Count / 2];
-        double? mfu = flopsPerRun is double f && peakFlops is double p && p > 0 ? f / best / p : null;
-        return new Measurement(workload, dtype, unit, unitsPerRun / best, unitsPerRun / median, seconds.Count, best * 1000, mfu, notes);
+        return new Measurement(workload, dtype, unit, unitsPerRun / best, unitsPerRun / median, seconds.Count, best * 1000, flopsPerRun, notes);
     }
 }

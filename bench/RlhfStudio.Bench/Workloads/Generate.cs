@@ -29,7 +29,7 @@ public sealed class Generate : IWorkload
             double flops = ModelFlops.Forward(model.Config, nonEmbedding, tokens, averageContext: PromptLength + NewTokens / 2.0)
                            + ModelFlops.Forward(model.Config, nonEmbedding, Batch * PromptLength, PromptLength, lmHead: false);
             string name = BenchContext.Name(dtype);
-            yield return Timing.Rate(Name, name, "tokens/s", tokens, seconds, flops, context.Peak(name),
+            yield return Timing.Rate(Name, name, "tokens/s", tokens, seconds, flops,
                 notes: $"{seconds.Min() * 1000 / NewTokens:F1} ms/step");
         }
     }

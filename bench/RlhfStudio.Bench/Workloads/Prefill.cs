@@ -27,7 +27,7 @@ public sealed class Prefill : IWorkload
             // Causal attention over a prefix of length t averages (T + 1) / 2 keys; SDPA still computes the full T x T.
             double flops = ModelFlops.Forward(model.Config, model.CountParameters().NonEmbedding, tokens, averageContext: Length);
             string name = BenchContext.Name(dtype);
-            yield return Timing.Rate(Name, name, "tokens/s", tokens, seconds, flops, context.Peak(name));
+            yield return Timing.Rate(Name, name, "tokens/s", tokens, seconds, flops);
         }
     }
 }

@@ -113,7 +113,7 @@ public sealed class Gpt2Model : Trunk
     }
 
     public override string Prefix => "transformer";
-    public override Parameter TokenEmbedding => wte.weight!;
+    protected override Parameter ReadTokenEmbedding() => wte.weight!;
 
     // Old GPT-2 files carry the causal-mask buffers attn.bias / attn.masked_bias: not weights.
     internal override bool IsIgnoredCheckpointKey(string key) =>

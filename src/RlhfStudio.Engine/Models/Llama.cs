@@ -129,7 +129,7 @@ public sealed class LlamaModel : Trunk
     }
 
     public override string Prefix => "model";
-    public override Parameter TokenEmbedding => embed_tokens.weight!;
+    protected override Parameter ReadTokenEmbedding() => embed_tokens.weight!;
 
     internal override bool IsIgnoredCheckpointKey(string key) => key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal);
 

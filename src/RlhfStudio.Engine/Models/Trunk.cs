@@ -22,8 +22,37 @@ public abstract class Trunk : nn.Module
     /// <summary>Name of the trunk inside the full model, as in HF: "model" (Llama family) or "transformer" (GPT-2).</summary>
     public abstract string Prefix { get; }
 
-    /// <summary>The token embedding matrix [vocab, hidden] (a tied LM head reuses it).</summary>
-    public abstract Parameter TokenEmbedding { get; }
+    /// <summary>The token embedding matrix [vocab, hidden] (a tied LM head reuses it). Cached: TorchSharp's
+    /// Embedding.weight getter makes a new native handle on every call, which a per-forward tied LM head
+    /// and every DType/Device query would otherwise leak until finalisation.</summary>
+    public Parameter TokenEmbedding
+    {
+        get
+        {
+            if (_tokenEmbedding is null)
+            {
+                var weight = ReadTokenEmbedding();
+                weight.DetachFromDisposeScope(); // the first read may happen inside a step's dispose scope
+                _tokenEmbedding = weight;
+            }
+            return _tokenEmbedding;
+        }
+    }
+
+    private Parameter? _tokenEmbedding;
+
+    /// <summary>Reads the embedding parameter from the module (called once).</summary>
+    protected abstract Parameter ReadTokenEmbedding();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _tokenEmbedding?.Dispose(); // only our extra handle; the module disposes its own
+            _tokenEmbedding = null;
+        }
+        base.Dispose(disposing);
+    }
 
     /// <param name="inputIds">(B, T) int64.</param>
     /// <param name="attentionMask">(B, past+T), 1 = real token, 0 = padding (left or right); null = all real.</param>

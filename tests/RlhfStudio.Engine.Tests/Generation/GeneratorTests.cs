@@ -207,6 +207,7 @@ public class GeneratorTests
         using (ids)
         using (mask)
         {
+            _ = model.Device; // the model's cached embedding handle is the model's, made on first use
             long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
             var result = TextGenerator.Generate(model, ids, mask, Greedy with { Temperature = 1.0, TopK = 10, TopP = 0.9, ReturnLogProbs = true });
             result.Dispose();
