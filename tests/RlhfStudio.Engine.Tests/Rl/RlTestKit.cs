@@ -3,6 +3,7 @@ using RlhfStudio.Engine.Data;
 using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Text;
+using RlhfStudio.Engine.Trainers;
 using RlhfStudio.Engine.Trainers.Rl;
 using static TorchSharp.torch;
 
@@ -46,7 +47,10 @@ internal static class RlTestKit
             value = Value(seed);
             if (lora) Lora.Apply(value, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "v_proj"] }, seed + 1);
         }
-        return new RlModels(Tokenizer, PromptTemplates.StackLlama, policy, reference, value, BuiltinScorer.Named("arithmetic")!);
+        var kind = lora ? AdapterKind.Lora : AdapterKind.Full;
+        var policyPart = new TrainableModel<CausalLanguageModel>(policy, Tokenizer, PromptTemplates.StackLlama, CPU, kind, "test");
+        var valuePart = value is null ? null : new TrainableModel<ScoreModel>(value, Tokenizer, PromptTemplates.StackLlama, CPU, kind, "test");
+        return new RlModels(policyPart, reference, valuePart, BuiltinScorer.Named("arithmetic")!);
     }
 
     public static IReadOnlyList<RlPrompt> Prompts(int count, int seed = 1) =>

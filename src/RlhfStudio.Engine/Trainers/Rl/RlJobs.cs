@@ -1,6 +1,6 @@
 // The PPO and RLOO jobs: preflight and models (RlSetup), the shared loop (RlTrainer), the final model.
-using System.Runtime.CompilerServices;
 using RlhfStudio.Engine.Adapters;
+using RlhfStudio.Engine.Trainers;
 using RlhfStudio.Engine.Data;
 using RlhfStudio.Engine.IO;
 using RlhfStudio.Engine.Jobs;
@@ -35,12 +35,11 @@ public abstract class RlJob<TSpec>(TSpec spec) : ITrainingJob where TSpec : RlSp
             var trainer = new RlTrainer(context, models, prompts, objective);
             var outcome = trainer.Run();
             if (outcome.State != RunEndState.Completed) return outcome;
-            var final = Path.Combine(context.OutputDirectory, FinalFolder);
-            SaveFinal(models, final);
+            var final = models.PolicyPart.SaveFinal(Path.Combine(context.OutputDirectory, FinalFolder), Spec.Method);
             context.Reporter.Event(RunEvent.Info($"final policy saved in {final}", trainer.GlobalStep));
             return RunOutcome.Completed(final, outcome.LastCheckpoint);
         }
-        catch (Exception e) when (e is RlSetupException or ModelLoadException or DatasetException or TokenizerLoadException or CheckpointException)
+        catch (Exception e) when (e is RlSetupException or TrainerSetupException or ModelLoadException or DatasetException or TokenizerLoadException or CheckpointException)
         {
             return RunOutcome.Failed(e.Message);
         }
@@ -50,13 +49,6 @@ public abstract class RlJob<TSpec>(TSpec spec) : ITrainingJob where TSpec : RlSp
         }
     }
 
-    /// <summary>The policy as a plain Hugging Face folder (LoRA merged in) with its tokenizer.</summary>
-    public static void SaveFinal(RlModels models, string folder)
-    {
-        if (Lora.ConfigOf(models.Policy) is not null) Lora.SaveMerged(models.Policy, folder);
-        else ModelSaver.Save(models.Policy, folder);
-        models.Tokenizer.Save(folder);
-    }
 }
 
 public sealed class PpoJob(PpoSpec spec) : RlJob<PpoSpec>(spec)
@@ -68,17 +60,4 @@ public sealed class PpoJob(PpoSpec spec) : RlJob<PpoSpec>(spec)
 public sealed class RlooJob(RlooSpec spec) : RlJob<RlooSpec>(spec)
 {
     protected override IRlObjective CreateObjective() => new RlooObjective(Spec.RlooK, Spec.ClipRange, Spec.NormalizeAdvantage);
-}
-
-internal static class RlJobRegistration
-{
-    // TrainingJobs' contract: each trainer registers itself from a module initialiser, so a host only references the engine.
-#pragma warning disable CA2255
-    [ModuleInitializer]
-    internal static void Register()
-    {
-        TrainingJobs.Register(TrainingMethod.Ppo, spec => new PpoJob((PpoSpec)spec));
-        TrainingJobs.Register(TrainingMethod.Rloo, spec => new RlooJob((RlooSpec)spec));
-    }
-#pragma warning restore CA2255
 }

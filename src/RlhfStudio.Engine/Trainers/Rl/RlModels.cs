@@ -12,6 +12,7 @@ using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Text;
 using RlhfStudio.Engine.Training;
+using RlhfStudio.Engine.Trainers;
 using static TorchSharp.torch;
 
 namespace RlhfStudio.Engine.Trainers.Rl;
@@ -21,27 +22,30 @@ public sealed class RlModels : IDisposable
 {
     private readonly bool _owned;
 
-    public RlModels(TextTokenizer tokenizer, PromptTemplate template, CausalLanguageModel policy, CausalLanguageModel? referenceCopy,
-        ScoreModel? value, ISequenceScorer scorer, bool owned = true)
+    /// <param name="policy">The policy as set up for training (ModelSetup.ForCausalLm): model, tokenizer, template, adapter.</param>
+    /// <param name="referenceCopy">A frozen reference, or null to use the policy with its LoRA adapters disabled.</param>
+    /// <param name="value">PPO's value model as set up for training (ModelSetup.ForScoreModel), or null.</param>
+    public RlModels(TrainableModel<CausalLanguageModel> policy, CausalLanguageModel? referenceCopy, TrainableModel<ScoreModel>? value,
+        ISequenceScorer scorer, bool owned = true)
     {
-        if (referenceCopy is null && Lora.ConfigOf(policy) is null)
+        if (referenceCopy is null && Lora.ConfigOf(policy.Model) is null)
             throw new ArgumentException("without LoRA adapters on the policy a reference model must be given (a frozen copy of the starting weights)");
-        Tokenizer = tokenizer;
-        Template = template;
-        Policy = policy;
+        PolicyPart = policy;
         ReferenceCopy = referenceCopy;
-        Value = value;
+        ValuePart = value;
         Scorer = scorer;
         _owned = owned;
         foreach (var p in referenceCopy?.parameters() ?? []) p.requires_grad = false;
     }
 
-    public TextTokenizer Tokenizer { get; }
-    public PromptTemplate Template { get; }
-    public CausalLanguageModel Policy { get; }
+    public TrainableModel<CausalLanguageModel> PolicyPart { get; }
+    public TrainableModel<ScoreModel>? ValuePart { get; }
+    public TextTokenizer Tokenizer => PolicyPart.Tokenizer;
+    public PromptTemplate Template => PolicyPart.Template;
+    public CausalLanguageModel Policy => PolicyPart.Model;
     /// <summary>A separate frozen reference, or null when the reference is the policy with its adapters disabled.</summary>
     public CausalLanguageModel? ReferenceCopy { get; }
-    public ScoreModel? Value { get; }
+    public ScoreModel? Value => ValuePart?.Model;
     public ISequenceScorer Scorer { get; }
 
     /// <summary>The reference model until the returned scope is disposed (PEFT's <c>with model.disable_adapter()</c> when
@@ -60,8 +64,8 @@ public sealed class RlModels : IDisposable
     /// <summary>The parameters the optimiser trains, named "policy.*" and "value.*" (the names key the optimiser state).</summary>
     public IReadOnlyList<NamedParameter> TrainableParameters()
     {
-        var list = ParameterGroups.Trainable(Policy).Select(p => new NamedParameter("policy." + p.Name, p.Parameter)).ToList();
-        if (Value is not null) list.AddRange(ParameterGroups.Trainable(Value).Select(p => new NamedParameter("value." + p.Name, p.Parameter)));
+        var list = PolicyPart.Parameters.Select(p => new NamedParameter("policy." + p.Name, p.Parameter)).ToList();
+        if (ValuePart is not null) list.AddRange(ValuePart.Parameters.Select(p => new NamedParameter("value." + p.Name, p.Parameter)));
         return list;
     }
 
@@ -77,9 +81,9 @@ public sealed class RlModels : IDisposable
     public void Dispose()
     {
         if (!_owned) return;
-        Policy.Dispose();
+        PolicyPart.Dispose();
         ReferenceCopy?.Dispose();
-        Value?.Dispose();
+        ValuePart?.Dispose();
         Scorer.Dispose();
     }
 

@@ -6,7 +6,7 @@ using RlhfStudio.Engine.Data;
 using RlhfStudio.Engine.IO;
 using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Models;
-using RlhfStudio.Engine.Runtime;
+using RlhfStudio.Engine.Trainers;
 using RlhfStudio.Engine.Text;
 using static TorchSharp.torch;
 
@@ -24,15 +24,8 @@ public static class RlSetup
     public static (RlModels Models, PromptSet Prompts) Build(RlSpec spec, IRunReporter reporter)
     {
         CheckSizes(spec);
-        var device = TorchRuntime.ParseDevice(spec.Device);
         var policySource = Resolve(spec.Model, "model");
-        var policyConfig = policySource.Path is { } p ? CheckPolicyFolder(p, "model") : null;
-        var tokenizer = LoadTokenizer(policySource);
-        var template = spec.Template is { } name ? PromptTemplates.Get(name) : PromptTemplates.DefaultFor(tokenizer);
-        int vocab = policyConfig?.VocabSize ?? tokenizer.VocabSize;
-        if (tokenizer.EosId is not int eos || eos < 0 || eos >= vocab)
-            throw new RlSetupException($"the tokenizer of {policySource} has no EOS token inside the model's vocabulary ({vocab} ids): responses could never end. " +
-                "Use a tokenizer with an eos_token (the SFT model's).");
+        if (policySource.Path is { } policyFolder) CheckPolicyFolder(policyFolder, "model");
         if (policySource.Preset is not null)
             reporter.Event(RunEvent.Warn(PresetReferenceWarning, $"the policy is the randomly initialised preset \"{policySource.Preset}\", not an SFT model: " +
                 "PPO/RLOO should start from (and be held to) a supervised fine-tuned policy. Use a preset only for tests."));
@@ -43,19 +36,21 @@ public static class RlSetup
         var loaded = new List<IDisposable>();
         try
         {
-            var compute = spec.Precision == Precision.Bf16 ? ScalarType.BFloat16 : (ScalarType?)null;
-            var policy = Track(LoadPolicy(policySource, tokenizer, spec.Seed, device), loaded);
-            policy.ComputeDType = compute;
-            ApplyAdapter(policy, spec.Adapter, spec.Seed);
+            // The policy: tokenizer, template (the SFT folder's recorded one), adapters and compute dtype as every trainer.
+            var policy = Track(ModelSetup.ForCausalLm(spec, reporter), loaded);
+            var tokenizer = policy.Tokenizer;
+            if (tokenizer.EosId is not int eos || eos < 0 || eos >= policy.Model.Config.VocabSize)
+                throw new RlSetupException($"the tokenizer of {policySource} has no EOS token inside the model's vocabulary: responses could never end");
+            var compute = policy.Model.ComputeDType;
 
             CausalLanguageModel? reference = null;
             if (spec.Reference is not null || spec.Adapter.Kind != AdapterKind.Lora)
             {
                 var referenceSource = spec.Reference is null ? policySource : Resolve(spec.Reference, "reference");
                 if (referenceSource.Path is { } rp) CheckPolicyFolder(rp, "reference");
-                reference = Track(LoadPolicy(referenceSource, tokenizer, spec.Seed, device), loaded);
-                if (reference.Config.VocabSize != policy.Config.VocabSize)
-                    throw new RlSetupException($"the reference {referenceSource} has {reference.Config.VocabSize} token ids, the policy {policy.Config.VocabSize}: they must share a tokenizer");
+                reference = Track(ModelSetup.LoadCausalLm(referenceSource, tokenizer, spec.Seed, policy.Device), loaded);
+                if (reference.Config.VocabSize != policy.Model.Config.VocabSize)
+                    throw new RlSetupException($"the reference {referenceSource} has {reference.Config.VocabSize} token ids, the policy {policy.Model.Config.VocabSize}: they must share a tokenizer");
                 reference.ComputeDType = compute;
                 foreach (var parameter in reference.parameters()) parameter.requires_grad = false;
             }
@@ -70,8 +65,8 @@ public static class RlSetup
             else
             {
                 rewardFolder = spec.Reward.ModelPath ?? throw new RlSetupException($"reward {spec.Reward} must be resolved to a reward model folder (reward.modelPath) before the run starts");
-                CheckRewardModel(rewardFolder, tokenizer);
-                var rewardModel = ModelLoader.LoadScoreModel(rewardFolder, device: device);
+                CheckRewardModel(rewardFolder, tokenizer, policy.Template);
+                var rewardModel = ModelLoader.LoadScoreModel(rewardFolder, device: policy.Device);
                 rewardModel.ComputeDType = compute;
                 foreach (var parameter in rewardModel.parameters()) parameter.requires_grad = false;
                 rewardModel.eval();
@@ -79,15 +74,15 @@ public static class RlSetup
             }
             loaded.Add(scorer);
 
-            ScoreModel? value = null;
+            TrainableModel<ScoreModel>? value = null;
             if (spec is PpoSpec ppo)
             {
-                value = Track(LoadValue(ppo, policySource, policy.Config, rewardFolder, device), loaded);
-                value.ComputeDType = compute;
-                ApplyAdapter(value, spec.Adapter, spec.Seed + 1);
+                // spec.ValueModel, else the reward model (TRL's default), else the policy's starting weights with a fresh head.
+                var valueSource = ppo.ValueModel is { } v ? Resolve(v, "valueModel") : rewardFolder is not null ? ModelRef.FromPath(rewardFolder) : policySource;
+                value = Track(ModelSetup.ForScoreModel(spec with { Model = valueSource, Template = policy.Template.Name }), loaded);
             }
 
-            var prompts = PromptSet.Load(spec, tokenizer, template, spec.MaxLength - spec.Sampling.MaxNewTokens);
+            var prompts = PromptSet.Load(spec, tokenizer, policy.Template, spec.MaxLength - spec.Sampling.MaxNewTokens);
             int perStep = spec.Training.BatchSize / (spec is RlooSpec rloo ? rloo.RlooK : 1);
             if (prompts.Count < perStep)
                 throw new RlSetupException($"the dataset {spec.Dataset} has {prompts.Count} usable prompts ({prompts.Skipped} longer than maxLength - sampling.maxNewTokens = " +
@@ -97,7 +92,7 @@ public static class RlSetup
             if (scorer is BuiltinScorer && prompts.Prompts.FirstOrDefault(q => !ArithmeticTask.TryParse(q.Text, out _)) is { } bad)
                 throw new RlSetupException($"the built-in {spec.Reward.Builtin} scorer cannot score answers to \"{Shorten(bad.Text)}\" (not one of its questions): " +
                     "use the built-in arithmetic prompts, or a reward model");
-            return (new RlModels(tokenizer, template, policy, reference, value, scorer), prompts);
+            return (new RlModels(policy, reference, value, scorer), prompts);
         }
         catch
         {
@@ -125,21 +120,19 @@ public static class RlSetup
         throw new RlSetupException($"{field} {model} must be resolved to a model folder by the host before the run starts");
     }
 
-    private static TextTokenizer LoadTokenizer(ModelRef source) => source.Path is { } path ? TextTokenizer.Load(path) : TextTokenizer.BuiltIn();
 
     // The policy must be a causal LM: a reward model's folder (a score head) given as the policy is a common slip.
-    private static ModelConfig CheckPolicyFolder(string folder, string field)
+    private static void CheckPolicyFolder(string folder, string field)
     {
         var config = ModelLoader.ReadConfig(folder);
         if (config.Head != ModelHead.CausalLM)
             throw new RlSetupException($"{field} {folder} is a {config.Architectures[0]} (a reward/score model), not a causal language model: " +
                 "PPO starts from the SFT model, and the reward model goes in reward.modelPath");
-        return config;
     }
 
     /// <summary>The reward model must have a one-output score head and share the policy's tokenizer (same ids, same
     /// special tokens): its scores are read off the policy's token ids.</summary>
-    public static void CheckRewardModel(string folder, TextTokenizer policyTokenizer)
+    public static void CheckRewardModel(string folder, TextTokenizer policyTokenizer, PromptTemplate policyTemplate)
     {
         var config = ModelLoader.ReadConfig(folder);
         if (config.Head != ModelHead.SequenceClassification)
@@ -157,6 +150,9 @@ public static class RlSetup
         if (differences.Count > 0)
             throw new RlSetupException($"reward model {folder} uses a different tokenizer from the policy ({string.Join("; ", differences)}): " +
                 "it would score token ids it does not know. Train the reward model from the same SFT model");
+        if (ModelRecord.Read(folder) is { } record && record.Template != policyTemplate.Name)
+            throw new RlSetupException($"reward model {folder} was trained on text in the \"{record.Template}\" template (its {ModelRecord.FileName}) but the " +
+                $"policy writes \"{policyTemplate.Name}\": it would score text formatted unlike its training data. Set the same template for both");
         if (config.VocabSize < policyTokenizer.VocabSize)
             throw new RlSetupException($"reward model {folder} has {config.VocabSize} token ids, fewer than the policy's tokenizer ({policyTokenizer.VocabSize})");
     }
@@ -173,63 +169,8 @@ public static class RlSetup
         return list;
     }
 
-    private static CausalLanguageModel LoadPolicy(ModelRef source, TextTokenizer tokenizer, int seed, Device device)
-    {
-        if (source.Path is { } path) return ModelLoader.Load(path, device: device);
-        var eos = tokenizer.EosId is int e ? new List<long> { e } : null;
-        return ModelPresets.Create(source.Preset!, tokenizer.VocabSize, seed, device: device, bosTokenId: tokenizer.BosId, eosTokenIds: eos, padTokenId: tokenizer.PadId);
-    }
 
-    // spec.ValueModel, else the reward model (TRL's default), else the policy's starting weights with a fresh head.
-    private static ScoreModel LoadValue(PpoSpec spec, ModelRef policySource, ModelConfig policyConfig, string? rewardFolder, Device device)
-    {
-        if (spec.ValueModel is { } valueRef)
-        {
-            var source = Resolve(valueRef, "valueModel");
-            if (source.Path is { } path) return ModelLoader.LoadScoreModel(path, device: device, numLabels: 1, seed: spec.Seed);
-            return PresetScoreModel(policyConfig, spec.Seed, device);
-        }
-        if (rewardFolder is not null) return ModelLoader.LoadScoreModel(rewardFolder, device: device, numLabels: 1, seed: spec.Seed);
-        if (policySource.Path is { } policyPath) return ModelLoader.LoadScoreModel(policyPath, device: device, numLabels: 1, seed: spec.Seed);
-        return PresetScoreModel(policyConfig, spec.Seed, device);
-    }
 
-    // The preset policy's weights (InitializeWeights draws in name order, and "score" sorts after the trunk) plus a head.
-    private static ScoreModel PresetScoreModel(ModelConfig policyConfig, int seed, Device device)
-    {
-        var config = policyConfig with { NumLabels = 1, Labels = null, Architectures = [policyConfig.ArchitectureFor(ModelHead.SequenceClassification)] };
-        var model = new ScoreModel(config, device: device);
-        try
-        {
-            model.InitializeWeights(seed);
-            return model;
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>Full fine-tuning, LoRA (PEFT defaults otherwise) or frozen lower layers, as the spec says.</summary>
-    public static void ApplyAdapter(TransformerModel model, AdapterSettings adapter, long seed)
-    {
-        try { Apply(); }
-        catch (ArgumentException e) { throw new RlSetupException($"adapter: {e.Message}"); }
-
-        void Apply()
-        {
-        switch (adapter.Kind)
-        {
-            case AdapterKind.Lora:
-                Lora.Apply(model, new LoraConfig { Rank = adapter.Rank, Alpha = adapter.Alpha, Dropout = adapter.Dropout, TargetModules = adapter.TargetModules }, seed);
-                break;
-            case AdapterKind.Freeze:
-                Freezing.FreezeLowerLayers(model, Math.Min(adapter.FrozenLayers, model.Config.NumHiddenLayers));
-                break;
-        }
-        }
-    }
 
     private static T Track<T>(T item, List<IDisposable> list) where T : IDisposable
     {

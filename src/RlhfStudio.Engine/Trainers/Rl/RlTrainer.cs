@@ -315,9 +315,8 @@ public sealed class RlTrainer
         {
             path = Checkpoints.Write(_context.OutputDirectory, _step, folder =>
             {
-                RlCheckpoint.SaveModel(_models.Policy, folder);
-                _models.Tokenizer.Save(folder);
-                if (_models.Value is not null) RlCheckpoint.SaveModel(_models.Value, Path.Combine(folder, RlCheckpoint.ValueFolder));
+                _models.PolicyPart.SaveCheckpoint(folder, _spec.Method);
+                _models.ValuePart?.SaveCheckpoint(Path.Combine(folder, RlCheckpoint.ValueFolder), _spec.Method);
                 optimizer.Save(folder);
                 RunStateFiles.SaveScheduler(folder, schedule, _step);
                 RunStateFiles.SaveRng(folder);
@@ -355,12 +354,12 @@ public sealed class RlTrainer
             var rl = RlState.Load(folder);
             if (rl.Step != state.GlobalStep) throw new CheckpointException($"{RlState.FileName} is at step {rl.Step}, the trainer state at {state.GlobalStep}");
 
-            RlCheckpoint.LoadModel(_models.Policy, folder);
-            if (_models.Value is not null)
+            _models.PolicyPart.LoadCheckpoint(folder);
+            if (_models.ValuePart is not null)
             {
                 var valueFolder = Path.Combine(folder, RlCheckpoint.ValueFolder);
                 if (!Directory.Exists(valueFolder)) throw new CheckpointException($"{valueFolder}: missing (PPO checkpoints hold the value model)");
-                RlCheckpoint.LoadModel(_models.Value, valueFolder);
+                _models.ValuePart.LoadCheckpoint(valueFolder);
             }
             optimizer.Load(folder);
             sampler.Restore(new SamplerPosition(s.Epoch, s.BatchIndex));
