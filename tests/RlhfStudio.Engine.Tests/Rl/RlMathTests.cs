@@ -135,19 +135,22 @@ public class RlMathTests
         string[] fine = ["42", "The answer is 7.", "13"];
         Assert.Empty(guards.Check(1, new GuardInput(0.0, 0.1, 2.0, fine)));
 
-        var kl = guards.Check(2, new GuardInput(-0.5, 0.1, 2.0, fine));
+        Assert.Empty(guards.Check(2, new GuardInput(-0.5, 0.1, 2.0, fine)));             // one noisy step is not enough
+        Assert.Empty(guards.Check(3, new GuardInput(-0.5, 0.1, 2.0, fine)));
+        var kl = guards.Check(4, new GuardInput(-0.5, 0.1, 2.0, fine));                  // the third step in a row
         Assert.Equal([RewardHackingGuards.KlNegative], kl.Select(e => e.Code));
-        Assert.Empty(guards.Check(3, new GuardInput(-0.5, 0.1, 2.0, fine)));             // still negative: not repeated
-        Assert.Empty(guards.Check(4, new GuardInput(-0.01, 0.1, 2.0, fine)));            // within the tolerance: clears
-        Assert.Single(guards.Check(5, new GuardInput(-0.5, 0.1, 2.0, fine)));            // raised again
+        Assert.Empty(guards.Check(5, new GuardInput(-0.5, 0.1, 2.0, fine)));             // still negative: not repeated
+        Assert.Empty(guards.Check(6, new GuardInput(-0.01, 0.1, 2.0, fine)));            // within the tolerance: clears
+        for (int step = 7; step < 9; step++) Assert.Empty(guards.Check(step, new GuardInput(-0.5, 0.1, 2.0, fine)));
+        Assert.Single(guards.Check(9, new GuardInput(-0.5, 0.1, 2.0, fine)));            // raised again
 
-        var collapse = guards.Check(6, new GuardInput(1.0, 0.9, 0.3, fine));
+        var collapse = guards.Check(10, new GuardInput(1.0, 0.9, 0.3, fine));
         Assert.Contains(RewardHackingGuards.EntropyCollapse, collapse.Select(e => e.Code));
         Assert.DoesNotContain(RewardHackingGuards.EntropyCollapse,
             new RewardHackingGuards().Check(1, new GuardInput(1, 0.9, 2.0, fine)).Select(e => e.Code));
 
         string[] hacked = ["``````````", "42", "yes yes good yes yes good yes yes good yes yes good"];
-        var degenerate = guards.Check(7, new GuardInput(1.0, 0.9, 2.0, hacked));
+        var degenerate = guards.Check(11, new GuardInput(1.0, 0.9, 2.0, hacked));
         Assert.Contains(RewardHackingGuards.DegenerateSamples, degenerate.Select(e => e.Code));
         Assert.True(RewardHackingGuards.IsDegenerate("Sure! ``````"));
         Assert.False(RewardHackingGuards.IsDegenerate("1000000 and 99999"));

@@ -22,6 +22,9 @@ public sealed partial class RewardHackingGuards
     /// <summary>Mean KL below minus this (nats per response) is more than sampling noise: the k1 estimator is unbiased
     /// and KL is never negative, so the policy is being scored against the wrong reference or the log-probabilities are off.</summary>
     public double KlTolerance { get; init; } = 0.05;
+    /// <summary>Consecutive steps the KL must stay below the tolerance: with small batches of short responses a single
+    /// step's estimate is noisy (its per-sequence k1 terms can be negative), a KL that stays negative is not.</summary>
+    public int KlNegativeSteps { get; init; } = 3;
     /// <summary>Entropy below this fraction of the first step's, while the score is above the first step's.</summary>
     public double EntropyFraction { get; init; } = 0.25;
     /// <summary>Fraction of a rollout's responses that must be degenerate to warn.</summary>
@@ -30,6 +33,7 @@ public sealed partial class RewardHackingGuards
     private double? _startEntropy;
     private double? _startScore;
     private readonly HashSet<string> _active = [];
+    private int _negativeKlRun;
 
     /// <summary>Baseline values (first step), for a resumed run.</summary>
     public (double? Entropy, double? Score) Baseline => (_startEntropy, _startScore);
@@ -47,8 +51,9 @@ public sealed partial class RewardHackingGuards
         _startScore ??= input.MeanScore;
         var events = new List<RunEvent>();
 
-        Raise(KlNegative, input.MeanKl < -KlTolerance,
-            $"mean KL to the reference is {input.MeanKl:F3} (negative): the policy's log-probabilities are below the reference's on its own " +
+        _negativeKlRun = input.MeanKl < -KlTolerance ? _negativeKlRun + 1 : 0;
+        Raise(KlNegative, _negativeKlRun >= KlNegativeSteps,
+            $"mean KL to the reference is {input.MeanKl:F3}, negative for {_negativeKlRun} steps: the policy's log-probabilities are below the reference's on its own " +
             "samples, which a real KL never is. Check that the reference is the policy's starting model and that sampling is plain temperature sampling.");
 
         double start = _startEntropy.Value;
