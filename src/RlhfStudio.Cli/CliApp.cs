@@ -18,6 +18,8 @@ public static class CliApp
         GenerateCommand.Spec,
         TrainCommand.Sft,
         TrainCommand.Reward,
+        TrainCommand.Ppo,
+        TrainCommand.Rloo,
         EvalCommands.Arithmetic,
         EvalCommands.Reward,
     ];

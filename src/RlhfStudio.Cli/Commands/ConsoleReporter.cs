@@ -19,6 +19,8 @@ internal sealed class ConsoleReporter(CliOutput output, bool interactive) : IRun
         var eval = values.Where(v => v.Key.StartsWith("eval/", StringComparison.Ordinal)).ToList();
         if (train.ContainsKey(MetricNames.TrainLoss))
             Line($"step {step}{Total()}  {FormatTrain(train)}");
+        else if (train.ContainsKey(MetricNames.ObjectiveScores))
+            Line($"step {step}{Total()}  {FormatRl(train)}");
         if (eval.Count > 0)
             Line($"eval step {step}  " + string.Join("  ", eval.Select(v => $"{v.Key["eval/".Length..]} {Number(v.Value)}")));
     }
@@ -40,6 +42,19 @@ internal sealed class ConsoleReporter(CliOutput output, bool interactive) : IRun
         Add(MetricNames.Epoch, "epoch", x => x.ToString("F2", CultureInfo.InvariantCulture));
         parts.AddRange(v.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key} {Number(kv.Value)}"));
         return string.Join("  ", parts);
+    }
+
+    // PPO/RLOO log some twenty metrics a step; the line shows the ones to watch (the studio charts them all).
+    private static string FormatRl(Dictionary<string, double> v)
+    {
+        (string Key, string Label)[] shown =
+        [
+            (MetricNames.ObjectiveScores, "score"), ("objective/true_score", "true"), (MetricNames.ObjectiveKl, "kl"),
+            (MetricNames.ObjectiveRlhfReward, "rlhf"), (MetricNames.PolicyEntropy, "entropy"), (MetricNames.LossPolicy, "pg"),
+            (MetricNames.LossValue, "vf"), (MetricNames.PolicyClipFrac, "clip"), (MetricNames.PolicyApproxKl, "approxkl"),
+            (MetricNames.NumEosTokens, "eos"), (MetricNames.LearningRate, "lr"), (MetricNames.TokensPerSecond, "tok/s"),
+        ];
+        return string.Join("  ", shown.Where(s => v.ContainsKey(s.Key)).Select(s => $"{s.Label} {Number(v[s.Key])}"));
     }
 
     private static string Number(double value) => value.ToString("G4", CultureInfo.InvariantCulture);

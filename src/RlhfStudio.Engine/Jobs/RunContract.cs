@@ -149,6 +149,8 @@ public static class TrainingJobs
     {
         Register(TrainingMethod.Sft, _ => new Trainers.SftJob());
         Register(TrainingMethod.Reward, _ => new Trainers.RewardJob());
+        Register(TrainingMethod.Ppo, spec => new Trainers.Rl.PpoJob((PpoSpec)spec));
+        Register(TrainingMethod.Rloo, spec => new Trainers.Rl.RlooJob((RlooSpec)spec));
     }
 
     /// <summary>Registers the job for a method (called once by each trainer's module initialiser).</summary>
