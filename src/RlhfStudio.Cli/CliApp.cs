@@ -18,6 +18,7 @@ public static class CliApp
         GenerateCommand.Spec,
         TrainCommand.Sft,
         TrainCommand.Reward,
+        TrainCommand.Dpo,
         EvalCommands.Arithmetic,
         EvalCommands.Reward,
     ];

@@ -149,6 +149,7 @@ public static class TrainingJobs
     {
         Register(TrainingMethod.Sft, _ => new Trainers.SftJob());
         Register(TrainingMethod.Reward, _ => new Trainers.RewardJob());
+        Register(TrainingMethod.Dpo, _ => new Trainers.Dpo.DpoJob());
     }
 
     /// <summary>Registers the job for a method (called once by each trainer's module initialiser).</summary>
