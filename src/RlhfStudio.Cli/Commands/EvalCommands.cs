@@ -14,11 +14,11 @@ namespace RlhfStudio.Cli.Commands;
 /// rank held-out pairs?), both on the built-in task's test split, which no training split contains.</summary>
 internal static class EvalCommands
 {
-    public static CommandSpec Arithmetic { get; } = new("eval arithmetic", [], ["model", "prompts", "seed", "max-new-tokens", "template", "dtype", "show"], ["json"],
+    public static CommandSpec Arithmetic { get; } = new("eval arithmetic", [], ["model", "prompts", "seed", "max-new-tokens", "template", "dtype", "show", "threads"], ["json"],
         "greedy answers to N held-out arithmetic questions: exact match (first number right) and mean true score",
         RunArithmetic);
 
-    public static CommandSpec Reward { get; } = new("eval reward", [], ["model", "pairs", "seed", "max-length", "template", "dtype"], ["json"],
+    public static CommandSpec Reward { get; } = new("eval reward", [], ["model", "pairs", "seed", "max-length", "template", "dtype", "threads"], ["json"],
         "held-out pair accuracy (r_chosen > r_rejected) of a reward model on the built-in preference test split",
         RunReward);
 
@@ -28,6 +28,7 @@ internal static class EvalCommands
         int count = args.Int("prompts", 200, min: 1);
         int seed = args.Int("seed", 42);
         int maxNew = args.Int("max-new-tokens", ArithmeticEvaluation.DefaultMaxNewTokens, min: 1);
+        CommandHelpers.Threads(args);
         var tokenizer = TextTokenizer.Load(folder);
         using var model = ModelLoader.Load(folder, CommandHelpers.DType(args));
         var template = Template(args, tokenizer, folder, model);
@@ -60,6 +61,7 @@ internal static class EvalCommands
         int count = args.Int("pairs", 500, min: 1);
         int seed = args.Int("seed", 42);
         int maxLength = args.Int("max-length", 256, min: 8);
+        CommandHelpers.Threads(args);
         var config = ModelLoader.ReadConfig(folder);
         if (config.Head != ModelHead.SequenceClassification)
             throw new ModelLoadException($"{folder}: is a causal language model ({config.Architectures.FirstOrDefault()}), not a reward model; " +

@@ -15,7 +15,7 @@ internal static class TrainCommand
     public static CommandSpec Reward { get; } = Spec(TrainingMethod.Reward, "reward modelling on preference pairs");
     public static CommandSpec Dpo { get; } = Spec(TrainingMethod.Dpo, "direct preference optimisation (sigmoid loss) on preference pairs");
 
-    private static CommandSpec Spec(TrainingMethod method, string what) => new($"train {Name(method)}", [], ["config", "output", "resume"], [],
+    private static CommandSpec Spec(TrainingMethod method, string what) => new($"train {Name(method)}", [], ["config", "output", "resume", "threads"], [],
         $"{what} from a run spec JSON (as the studio saves it); --resume CHECKPOINT or auto (the newest in --output)",
         (args, output) => Run(args, output, method));
 
@@ -44,6 +44,7 @@ internal static class TrainCommand
         var outputDir = args.String("output") ?? Path.Combine("runs", string.IsNullOrWhiteSpace(spec.Name)
             ? $"{Name(method)}-{DateTime.Now:yyyyMMdd-HHmmss}" : spec.Name);
         var resumeFrom = ResumeFrom(args.String("resume"), outputDir, output);
+        CommandHelpers.Threads(args);
 
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
