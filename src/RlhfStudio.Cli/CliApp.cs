@@ -20,6 +20,7 @@ public static class CliApp
         TrainCommand.Reward,
         TrainCommand.Ppo,
         TrainCommand.Rloo,
+        TrainCommand.Dpo,
         EvalCommands.Arithmetic,
         EvalCommands.Reward,
     ];

@@ -4,7 +4,7 @@ using RlhfStudio.Engine.Training;
 
 namespace RlhfStudio.Cli.Commands;
 
-/// <summary><c>train sft|reward|ppo|rloo --config run.json</c>: runs a job from the same RunSpec JSON the studio uses. Ctrl-C asks the
+/// <summary><c>train sft|reward|ppo|rloo|dpo --config run.json</c>: runs a job from the same RunSpec JSON the studio uses. Ctrl-C asks the
 /// job to stop at the next step boundary and keep a checkpoint (exit code 130); a second Ctrl-C ends the process.
 /// Model paths in the config are relative to the working directory.</summary>
 internal static class TrainCommand
@@ -15,6 +15,7 @@ internal static class TrainCommand
     public static CommandSpec Reward { get; } = Spec(TrainingMethod.Reward, "reward modelling on preference pairs");
     public static CommandSpec Ppo { get; } = Spec(TrainingMethod.Ppo, "PPO from an SFT model against a reward model or a built-in scorer");
     public static CommandSpec Rloo { get; } = Spec(TrainingMethod.Rloo, "RLOO (k samples per prompt, leave-one-out baseline) from an SFT model");
+    public static CommandSpec Dpo { get; } = Spec(TrainingMethod.Dpo, "direct preference optimisation (sigmoid loss) on preference pairs");
 
     private static CommandSpec Spec(TrainingMethod method, string what) => new($"train {Name(method)}", [], ["config", "output", "resume", "threads"], [],
         $"{what} from a run spec JSON (as the studio saves it); --resume CHECKPOINT or auto (the newest in --output)",

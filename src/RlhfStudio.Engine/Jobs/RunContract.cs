@@ -151,6 +151,7 @@ public static class TrainingJobs
         Register(TrainingMethod.Reward, _ => new Trainers.RewardJob());
         Register(TrainingMethod.Ppo, spec => new Trainers.Rl.PpoJob((PpoSpec)spec));
         Register(TrainingMethod.Rloo, spec => new Trainers.Rl.RlooJob((RlooSpec)spec));
+        Register(TrainingMethod.Dpo, _ => new Trainers.Dpo.DpoJob());
     }
 
     /// <summary>Registers the job for a method (called once by each trainer's module initialiser).</summary>
