@@ -3,26 +3,40 @@ using static TorchSharp.torch;
 
 namespace RlhfStudio.Bench;
 
-/// <summary>What workloads share: options, the measured matmul peaks (for utilisation) and the model under test.</summary>
-public sealed class BenchContext(bool quick)
+/// <summary>A model size of the suite with its training batch. "25M" is the "small" preset (hidden 512, 8 layers, 8
+/// heads, intermediate 1376, about 25M non-embedding parameters); both use an 8192-token vocabulary and tied
+/// embeddings. bench/pytorch/bench.py builds the same shapes.</summary>
+public sealed record BenchConfig(string Name, string Preset, int Batch, int SequenceLength)
 {
-    public bool Quick { get; } = quick;
-    public int Repetitions => Quick ? 2 : 5;
-
-    /// <summary>The "small" preset (hidden 512, 8 layers, 8 heads, intermediate 1376) with an 8192-token vocabulary.</summary>
-    public const string Preset = "small";
     public const int Vocab = 8192;
 
-    public static CausalLanguageModel CreateModel(ScalarType dtype) => ModelPresets.Create(Preset, Vocab, seed: 1, dtype: dtype);
+    public static readonly BenchConfig Tiny = new("tiny", "tiny", Batch: 8, SequenceLength: 256);
+    public static readonly BenchConfig Small = new("25M", "small", Batch: 4, SequenceLength: 256);
+    public static IReadOnlyList<BenchConfig> All { get; } = [Tiny, Small];
 
-    public static string Name(ScalarType dtype) => dtype == ScalarType.BFloat16 ? "bf16" : "fp32";
+    public static BenchConfig Find(string name) =>
+        All.FirstOrDefault(c => c.Name == name) ?? throw new ArgumentException($"unknown bench config \"{name}\" ({string.Join(", ", All.Select(c => c.Name))})");
 
-    public static IEnumerable<ScalarType> DTypes => [ScalarType.Float32, ScalarType.BFloat16];
+    public ModelConfig ModelConfig => ModelPresets.Config(Preset, Vocab);
+
+    /// <summary>fp32 master weights (seed 1), with <paramref name="dtype"/> as the compute dtype when it is bf16: our
+    /// equivalent of torch.autocast.</summary>
+    public CausalLanguageModel CreateModel(ScalarType dtype)
+    {
+        var model = ModelPresets.Create(Preset, Vocab, seed: 1);
+        if (dtype != ScalarType.Float32) model.ComputeDType = dtype;
+        return model;
+    }
 }
 
-/// <summary>A benchmark workload. Add new ones (training steps, PPO, DPO, a PyTorch comparison) to the list in Program.cs.</summary>
-public interface IWorkload
+public static class DTypes
 {
-    string Name { get; }
-    IEnumerable<Measurement> Run(BenchContext context);
+    public static ScalarType Parse(string name) => name switch
+    {
+        "fp32" => ScalarType.Float32,
+        "bf16" => ScalarType.BFloat16,
+        _ => throw new ArgumentException($"unknown dtype \"{name}\" (fp32, bf16)"),
+    };
+
+    public static string Name(ScalarType dtype) => dtype == ScalarType.BFloat16 ? "bf16" : "fp32";
 }

@@ -2,31 +2,47 @@ using System.Diagnostics;
 
 namespace RlhfStudio.Bench;
 
-/// <summary>One benchmark figure: a rate (higher is better) over several timed repetitions.</summary>
+/// <summary>One benchmark figure of one process (ours or PyTorch's): a rate (higher is better) over timed repetitions.
+/// The same JSON shape comes from bench/pytorch/bench.py.</summary>
 public sealed record Measurement(
-    string Workload,
-    string DType,
+    string Id,
     string Unit,
     double Best,
     double Median,
     int Repetitions,
-    double MillisecondsPerIteration,
+    double MillisecondsBest,
     double? FlopsPerIteration = null,
     string? Notes = null)
 {
-    /// <summary>Achieved FLOP/s over the best peak of the same dtype; set once the whole run is done.</summary>
-    public double? ModelFlopUtilisation { get; init; }
+    /// <summary>Process CPU time over wall time during the timed repetitions (2.0 = both cores all the time). Below
+    /// ~1.8 with 2 threads, other processes took CPU from the measurement.</summary>
+    public double? CpuShare { get; init; }
+
+    /// <summary>Process CPU time per repetition, in milliseconds: less sensitive to other processes than wall time
+    /// (though waiting at thread barriers under contention still counts).</summary>
+    public double? CpuMilliseconds { get; init; }
+
+    /// <summary>VmHWM of the process that ran only this workload, in MiB.</summary>
+    public double? PeakRssMiB { get; init; }
+
+    /// <summary>Named sub-timings in milliseconds (phase splits, profiles).</summary>
+    public Dictionary<string, double>? Phases { get; init; }
 }
 
 public static class Timing
 {
     /// <summary>Runs <paramref name="work"/> <paramref name="warmups"/> times untimed, then <paramref name="repetitions"/>
-    /// times timed; returns the seconds of each timed run. A gen-0 collection before each run frees the native Scalars
-    /// of the previous one (TorchSharp does not track them), so runs do not pay for each other's garbage.</summary>
-    public static List<double> Seconds(Action work, int warmups, int repetitions)
+    /// times timed. A gen-0 collection before each run frees the native Scalars of the previous one (TorchSharp does not
+    /// track them), so runs do not pay for each other's garbage. Returns the seconds of each run and the process's CPU
+    /// share over the timed runs.</summary>
+    public static (List<double> Seconds, double CpuShare, double CpuSeconds) Run(Action work, int warmups, int repetitions)
     {
         for (int i = 0; i < warmups; i++) work();
         var times = new List<double>();
+        var process = Process.GetCurrentProcess();
+        process.Refresh();
+        var cpuStart = process.TotalProcessorTime;
+        var wall = Stopwatch.StartNew();
         for (int i = 0; i < repetitions; i++)
         {
             GC.Collect(0);
@@ -34,15 +50,21 @@ public static class Timing
             work();
             times.Add(sw.Elapsed.TotalSeconds);
         }
-        return times;
+        process.Refresh();
+        double cpu = (process.TotalProcessorTime - cpuStart).TotalSeconds;
+        return (times, cpu / wall.Elapsed.TotalSeconds, cpu / repetitions);
     }
 
     /// <summary>A rate measurement from timed runs each doing <paramref name="unitsPerRun"/> units of work.</summary>
-    public static Measurement Rate(string workload, string dtype, string unit, double unitsPerRun, List<double> seconds,
+    public static Measurement Rate(string id, string unit, double unitsPerRun, (List<double> Seconds, double CpuShare, double CpuSeconds) run,
         double? flopsPerRun = null, string? notes = null)
     {
-        var sorted = seconds.Order().ToList();
+        var sorted = run.Seconds.Order().ToList();
         double best = sorted[0], median = sorted[sorted.Count / 2];
-        return new Measurement(workload, dtype, unit, unitsPerRun / best, unitsPerRun / median, seconds.Count, best * 1000, flopsPerRun, notes);
+        return new Measurement(id, unit, unitsPerRun / best, unitsPerRun / median, sorted.Count, best * 1000, flopsPerRun, notes)
+        {
+            CpuShare = run.CpuShare,
+            CpuMilliseconds = run.CpuSeconds * 1000,
+        };
     }
 }

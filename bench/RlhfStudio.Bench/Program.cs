@@ -1,60 +1,128 @@
-// Benchmarks of the engine on this machine: dotnet run -c Release --project bench/RlhfStudio.Bench -- [--quick] [--profile]
+// Benchmarks of the engine against PyTorch on this machine, one command:
+//   dotnet run -c Release --project bench/RlhfStudio.Bench -- [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S]
+//   ... -- --curves [steps]     bf16-compute vs fp32 training loss curves (tiny config)
+//   ... -- --profile [--only decode-tiny]   where a training step and a decode step spend their time
 using System.Globalization;
 using System.Text.Json;
 using RlhfStudio.Bench;
 using RlhfStudio.Bench.Workloads;
 using RlhfStudio.Engine.Runtime;
 
-bool quick = args.Contains("--quick");
-bool profile = args.Contains("--profile");
-var unknown = args.Where(a => a is not ("--quick" or "--profile")).ToList();
-if (unknown.Count > 0)
-{
-    Console.Error.WriteLine($"error: unknown argument(s) {string.Join(" ", unknown)}; usage: RlhfStudio.Bench [--quick] [--profile]");
-    return 2;
-}
+var options = Options.Parse(args);
+if (options is null) return 2;
 
-// The matmul peak comes first: the model workloads report utilisation against it.
-List<IWorkload> workloads = profile ? [new GenerationProfile()] : [new MatmulPeak("first"), new Prefill(), new Generate(), new MatmulPeak("last")];
+if (options.Child is string childId)
+{
+    var result = Suite.Run(Suite.Find(childId), options.Quick) with { };
+    result = result with { PeakRssMiB = ChildProcess.PeakRssMiB() };
+    Console.WriteLine(ChildProcess.ResultPrefix + JsonSerializer.Serialize(result, ChildProcess.Json));
+    return 0;
+}
+if (options.Curves is int steps) return Curves.Run(steps);
+if (options.Profile) return Profile.Run(options.Only.FirstOrDefault());
 
 var machine = TorchRuntime.Describe();
-var loadBefore = Machine.LoadAverage();
-Console.WriteLine($"machine: {machine.CpuModel}, {Machine.PhysicalCores()} cores / {machine.LogicalCores} threads, torch threads {machine.Threads}, " +
+int cores = Machine.PhysicalCores();
+Console.WriteLine($"machine: {machine.CpuModel}, {cores} cores / {machine.LogicalCores} threads, torch threads {machine.Threads}, " +
                   $"bf16 {(machine.CpuHasBf16 ? "yes" : "no")}, AVX-512 {(machine.CpuHasAvx512 ? "yes" : "no")}");
-Console.WriteLine($"software: TorchSharp {machine.TorchSharpVersion}, libtorch {machine.LibTorchVersion}, {machine.DotNetVersion}");
-Console.WriteLine($"load average before: {loadBefore}{(quick ? "; quick run (fewer repetitions)" : "")}");
+string? peerError = options.NoPyTorch ? "skipped (--no-pytorch)" : PyTorchPeer.EnsureInstalled();
+string peerVersion = peerError is null ? PyTorchPeer.Version() : "";
+Console.WriteLine($"software: TorchSharp {machine.TorchSharpVersion}, libtorch {machine.LibTorchVersion}, {machine.DotNetVersion}; " +
+                  (peerError is null ? $"PyTorch {peerVersion} (Debian python3-torch, OpenBLAS openmp, 2 threads)" : $"PyTorch: {peerError}"));
+double maxLoad = options.MaxLoad ?? cores + 0.5;
+var loadBefore = Machine.LoadAverage();
+Console.WriteLine($"load average before: {loadBefore}{(options.Quick ? "; quick run (fewer repetitions)" : "")}");
+if (!Machine.WaitForQuiet(maxLoad, options.WaitSeconds))
+    Console.WriteLine($"WARNING: the load average stayed above {maxLoad} for {options.WaitSeconds} s: other processes share the CPU; " +
+                      "figures are low and noisy (ratios within a pair, measured back to back, hold up better). See the CPU column.");
 Console.WriteLine();
 
-var context = new BenchContext(quick);
-var results = new List<Measurement>();
-foreach (var workload in workloads)
+var rows = new List<Comparison>();
+foreach (var spec in Suite.All.Where(s => options.Only.Count == 0 || options.Only.Any(o => s.Id.Contains(o, StringComparison.Ordinal))))
 {
-    Console.Error.WriteLine($"running {workload.Name} ...");
-    results.AddRange(workload.Run(context));
+    Machine.WaitForQuiet(maxLoad, 20);
+    string load = Machine.LoadAverage().Split(' ')[0];
+    Console.Error.WriteLine($"{spec.Id} (load {load}) ...");
+    var childArgs = new List<string> { "--child", spec.Id };
+    if (options.Quick) childArgs.Add("--quick");
+    var ours = ChildProcess.Run(ChildProcess.Self(childArgs), "ours");
+    var torch = peerError is null ? ChildProcess.Run(PyTorchPeer.Workload(spec.Id, options.Quick), "PyTorch") : null;
+    Console.Error.WriteLine($"  ours {ours?.Best:N0} {ours?.Unit} (cpu {ours?.CpuShare:F2}, {ours?.Notes}); PyTorch {torch?.Best:N0} (cpu {torch?.CpuShare:F2}, {torch?.Notes})");
+    rows.Add(new Comparison(spec, ours, torch, load));
 }
 var loadAfter = Machine.LoadAverage();
-var peaks = results.Where(m => m.Unit == "GFLOP/s").GroupBy(m => m.DType).ToDictionary(g => g.Key, g => g.Max(m => m.Best) * 1e9);
-results = results.Select(m => m.FlopsPerIteration is double f && peaks.TryGetValue(m.DType, out var peak)
-    ? m with { ModelFlopUtilisation = f / (m.MillisecondsPerIteration / 1000) / peak } : m).ToList();
-Report.PrintTable(Console.Out, results);
+
+var peaks = Report.Peaks(rows);
+rows = rows.Select(r => r with
+{
+    OursMfu = Report.Mfu(r.Ours, peaks.GetValueOrDefault(r.Spec.DType)),
+    PyTorchMfu = Report.Mfu(r.PyTorch, peaks.GetValueOrDefault(r.Spec.DType)),
+}).ToList();
+Report.PrintTable(Console.Out, rows);
 Console.WriteLine();
-Console.WriteLine($"model FLOP utilisation = achieved FLOP/s (best run) / best {MatmulPeak.Size}x{MatmulPeak.Size} matmul FLOP/s of the same dtype (first or last);");
+Console.WriteLine($"MFU = model FLOPs per iteration / best iteration time / machine matmul peak of the row's dtype ({string.Join(", ", peaks.Select(p => $"{p.Key} {p.Value:F0} GFLOP/s"))}: " +
+                  $"the best {MatmulPeak.Size}^3 torch.mm of either library in this run);");
 Console.WriteLine($"  {ModelFlops.Formula}");
+Console.WriteLine("CPU = process CPU time / wall time over the timed repetitions (2.00 = both cores throughout; lower = other processes took CPU).");
+Console.WriteLine("ours bf16 = fp32 master weights with bf16 compute; PyTorch bf16 = torch.autocast(\"cpu\", bfloat16) for training, a bf16 copy of the model for generation.");
 Console.WriteLine($"load average after: {loadAfter}");
+Console.WriteLine();
+var targets = Report.Targets(rows, peaks);
+foreach (var t in targets) Console.WriteLine(t);
 
 var folder = Path.Combine(Report.RepositoryRoot(), "bench", "results");
 Directory.CreateDirectory(folder);
-var file = Path.Combine(folder, $"{DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)}-{(profile ? "profile" : quick ? "quick" : "full")}.json");
+var file = Path.Combine(folder, $"{DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)}-{(options.Quick ? "quick" : "full")}.json");
 File.WriteAllText(file, JsonSerializer.Serialize(new
 {
     timestampUtc = DateTime.UtcNow,
-    quick,
+    options.Quick,
     machine,
-    physicalCores = Machine.PhysicalCores(),
+    physicalCores = cores,
+    pytorch = peerError is null ? peerVersion : peerError,
     loadAverageBefore = loadBefore,
     loadAverageAfter = loadAfter,
+    peaksGflops = peaks,
     flopFormula = ModelFlops.Formula,
-    results,
-}, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    targets,
+    rows,
+}, new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }) + "\n");
 Console.WriteLine($"wrote {file}");
 return 0;
+
+internal sealed record Options(bool Quick, bool NoPyTorch, bool Profile, int? Curves, string? Child, IReadOnlyList<string> Only, double? MaxLoad, int WaitSeconds)
+{
+    private const string Usage = "usage: RlhfStudio.Bench [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S] | --curves [steps] | --profile [--only training-tiny-bf16]";
+
+    public static Options? Parse(string[] args)
+    {
+        bool quick = false, noPyTorch = false, profile = false;
+        int? curves = null;
+        string? child = null;
+        var only = new List<string>();
+        double? maxLoad = null;
+        int wait = 180;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string? Next() => i + 1 < args.Length ? args[++i] : null;
+            switch (args[i])
+            {
+                case "--quick": quick = true; break;
+                case "--no-pytorch": noPyTorch = true; break;
+                case "--profile": profile = true; break;
+                case "--curves":
+                    curves = i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var s) ? s : 200;
+                    if (i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out _)) i++;
+                    break;
+                case "--child": child = Next(); break;
+                case "--only": only.AddRange((Next() ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries)); break;
+                case "--max-load": maxLoad = double.TryParse(Next(), CultureInfo.InvariantCulture, out var l) ? l : null; break;
+                case "--wait": wait = int.TryParse(Next(), CultureInfo.InvariantCulture, out var w) ? w : 180; break;
+                default:
+                    Console.Error.WriteLine($"error: unknown argument {args[i]}; {Usage}");
+                    return null;
+            }
+        }
+        return new Options(quick, noPyTorch, profile, curves, child, only, maxLoad, wait);
+    }
+}

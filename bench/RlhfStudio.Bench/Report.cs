@@ -1,17 +1,45 @@
 using System.Globalization;
+using RlhfStudio.Bench.Workloads;
 
 namespace RlhfStudio.Bench;
 
+/// <summary>One workload measured by both sides, with utilisation against the machine's matmul peak.</summary>
+public sealed record Comparison(WorkloadSpec Spec, Measurement? Ours, Measurement? PyTorch, string LoadBefore)
+{
+    public double? Ratio => Ours is not null && PyTorch is not null ? Ours.Best / PyTorch.Best : null;
+    public double? OursMfu { get; init; }
+    public double? PyTorchMfu { get; init; }
+}
+
 internal static class Report
 {
-    public static void PrintTable(TextWriter w, IReadOnlyList<Measurement> results)
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    /// <summary>The machine's matmul peak per dtype: the best of either library's measurement in this run.</summary>
+    public static Dictionary<string, double> Peaks(IEnumerable<Comparison> rows) =>
+        rows.Where(r => r.Spec.Kind == "matmul")
+            .GroupBy(r => r.Spec.DType)
+            .ToDictionary(g => g.Key, g => g.SelectMany(r => new[] { r.Ours?.Best, r.PyTorch?.Best }).Max() ?? double.NaN);
+
+    public static double? Mfu(Measurement? m, double? peakGflops) =>
+        m?.FlopsPerIteration is double f && peakGflops is double p && p > 0 ? f / (m.MillisecondsBest / 1000) / (p * 1e9) : null;
+
+    public static void PrintTable(TextWriter w, IReadOnlyList<Comparison> rows)
     {
-        string[] header = ["workload", "dtype", "best", "median", "unit", "ms/iter (best)", "MFU", "notes"];
-        var rows = results.Select(m => new[]
+        string[] header = ["workload", "unit", "ours best", "ours median", "PyTorch best", "PyTorch median", "ours/PyTorch", "MFU ours", "MFU PyTorch",
+            "peak RSS ours", "peak RSS PyTorch", "CPU ours/PyTorch", "load before"];
+        var cells = rows.Select(r => new[]
         {
-            m.Workload, m.DType, Format(m.Best), Format(m.Median), m.Unit, m.MillisecondsPerIteration.ToString("F1", CultureInfo.InvariantCulture),
-            m.ModelFlopUtilisation is double u ? u.ToString("P1", CultureInfo.InvariantCulture) : "", m.Notes ?? "",
+            r.Spec.Id, r.Ours?.Unit ?? r.PyTorch?.Unit ?? "", Format(r.Ours?.Best), Format(r.Ours?.Median), Format(r.PyTorch?.Best), Format(r.PyTorch?.Median),
+            r.Ratio is double x ? x.ToString("F2", Inv) + "x" : "",
+            Percent(r.OursMfu), Percent(r.PyTorchMfu), Mib(r.Ours?.PeakRssMiB), Mib(r.PyTorch?.PeakRssMiB),
+            $"{Share(r.Ours?.CpuShare)}/{Share(r.PyTorch?.CpuShare)}", r.LoadBefore,
         }).ToList();
+        PrintMarkdown(w, header, cells);
+    }
+
+    public static void PrintMarkdown(TextWriter w, string[] header, IReadOnlyList<string[]> rows)
+    {
         var widths = header.Select((h, i) => Math.Max(h.Length, rows.Count == 0 ? 0 : rows.Max(r => r[i].Length))).ToArray();
         void Row(string[] cells) => w.WriteLine("| " + string.Join(" | ", cells.Select((c, i) => c.PadRight(widths[i]))) + " |");
         Row(header);
@@ -19,12 +47,45 @@ internal static class Report
         foreach (var r in rows) Row(r);
     }
 
-    private static string Format(double v) => v.ToString(v >= 100 ? "N0" : "N1", CultureInfo.InvariantCulture);
+    /// <summary>The issue's targets, judged on this run's figures (best of the repetitions; "best mode" = the faster
+    /// dtype of each side).</summary>
+    public static List<string> Targets(IReadOnlyList<Comparison> rows, Dictionary<string, double> peaks)
+    {
+        var lines = new List<string>();
+        (Comparison? Ours, Comparison? Torch) BestModes(string family) =>
+            (rows.Where(r => r.Spec.Family == family && r.Ours is not null).MaxBy(r => r.Ours!.Best),
+             rows.Where(r => r.Spec.Family == family && r.PyTorch is not null).MaxBy(r => r.PyTorch!.Best));
+        void Ratio(string family, string what, double target)
+        {
+            var (o, t) = BestModes(family);
+            if (o is null || t is null) { lines.Add($"?    {what}: not measured"); return; }
+            double ratio = o.Ours!.Best / t.PyTorch!.Best;
+            lines.Add($"{(ratio >= target ? "PASS" : "FAIL")} {what}: ours {Format(o.Ours.Best)} ({o.Spec.DType}) / PyTorch {Format(t.PyTorch.Best)} ({t.Spec.DType}) = {ratio:F2}x (target >= {target:F1}x)");
+        }
+        Ratio("train-tiny", "tiny training, best mode vs best mode", 1.5);
+        var (small, _) = BestModes("train-25M");
+        if (small is not null && peaks.TryGetValue("bf16", out var bf16Peak))
+        {
+            double u = Mfu(small.Ours, bf16Peak) ?? 0;
+            lines.Add($"{(u >= 0.40 ? "PASS" : "FAIL")} 25M training, best mode ({small.Spec.DType}): {u:P1} of the bf16 matmul peak {bf16Peak:F0} GFLOP/s (target >= 40%)");
+        }
+        else lines.Add("?    25M training MFU: not measured");
+        Ratio("generate-tiny", "tiny generation, best mode vs best mode", 1.5);
+        Ratio("generate-25M", "25M generation, best mode vs best mode", 1.5);
+        return lines;
+    }
+
+    private static string Format(double? v) => v is not double x ? "" : x.ToString(x >= 100 ? "N0" : "N1", Inv);
+    private static string Percent(double? v) => v is double x ? x.ToString("P1", Inv) : "";
+    private static string Mib(double? v) => v is double x ? $"{x:F0} MiB" : "";
+    private static string Share(double? v) => v is double x ? x.ToString("F2", Inv) : "-";
 
     /// <summary>The repository root (where RlhfStudio.sln is), found upwards from the working directory.</summary>
     public static string RepositoryRoot()
     {
         for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "RlhfStudio.sln"))) return dir.FullName;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "RlhfStudio.sln"))) return dir.FullName;
         return Directory.GetCurrentDirectory();
     }
@@ -36,6 +97,25 @@ internal static class Machine
     {
         try { return string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)); }
         catch (IOException) { return "unknown"; }
+    }
+
+    public static double OneMinuteLoad() =>
+        double.TryParse(LoadAverage().Split(' ')[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var l) ? l : 0;
+
+    /// <summary>Waits up to <paramref name="maxSeconds"/> for the one-minute load average to drop to
+    /// <paramref name="threshold"/>; returns whether it did.</summary>
+    public static bool WaitForQuiet(double threshold, int maxSeconds)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        bool told = false;
+        while (OneMinuteLoad() > threshold)
+        {
+            if (sw.Elapsed.TotalSeconds >= maxSeconds) return false;
+            if (!told) Console.Error.WriteLine($"  load average {LoadAverage()} > {threshold}: waiting up to {maxSeconds} s for a quieter moment ...");
+            told = true;
+            Thread.Sleep(5000);
+        }
+        return true;
     }
 
     /// <summary>Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is unavailable.</summary>

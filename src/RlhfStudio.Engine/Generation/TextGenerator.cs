@@ -37,6 +37,8 @@ public static partial class TextGenerator
             if (id < 0 || id >= vocab) throw new ArgumentException($"token id {id} (eos, stop or pad) is outside the vocabulary (0..{vocab - 1})");
 
         using var noGrad = torch.no_grad();
+        // Weights cast (and q/k/v, gate/up concatenated) once for the whole generation instead of on every step.
+        using var inferenceWeights = model.UseInferenceWeights();
         using var scope = NewDisposeScope();
         var device = model.Device;
         long batch = inputIds.shape[0], promptLength = inputIds.shape[1];

@@ -109,6 +109,16 @@ public static class Rotary
         return (cos, sin);
     }
 
+    /// <summary>x * cos + rotate_half(x) * sin for x (B, T, n, hs), heads last-but-one, with tables from
+    /// <see cref="RotaryTables"/>: rotate_half(x) * sin = roll(x, hs/2) * [-sin_1, sin_2], the same products (a negation
+    /// is exact) in three ops fewer than slicing, negating and concatenating.</summary>
+    internal static Tensor Apply(Tensor x, RotaryTables rope)
+    {
+        using var scope = NewDisposeScope();
+        long half = x.shape[^1] / 2;
+        return (x * rope.Cos + x.roll(half, -1) * rope.SinSigned).MoveToOuterDisposeScope();
+    }
+
     /// <summary>x * cos + rotate_half(x) * sin with x (B, nh, T, hs) and cos/sin (B, T, hs).</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
@@ -118,5 +128,66 @@ public static class Rotary
         var x2 = x.narrow(-1, half, half);
         var rotated = torch.cat([-x2, x1], dim: -1);
         return (x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>Rotary tables for one forward, shaped (B, T, 1, hs) to broadcast over heads in (B, T, n, hs) layout:
+/// cos, and sin with its first half negated (see <see cref="Rotary.Apply(Tensor, RotaryTables)"/>).</summary>
+internal readonly record struct RotaryTables(Tensor Cos, Tensor SinSigned)
+{
+    /// <summary>From cos/sin (B, T, hs) as <see cref="Rotary.CosSin"/> returns them (new tensors in the current scope).</summary>
+    public static RotaryTables From(Tensor cos, Tensor sin)
+    {
+        long half = sin.shape[^1] / 2;
+        var signs = torch.cat([torch.full(half, -1, dtype: sin.dtype, device: sin.device), torch.ones(half, dtype: sin.dtype, device: sin.device)]);
+        return new RotaryTables(cos.unsqueeze(2), (sin * signs).unsqueeze(2));
+    }
+}
+
+/// <summary>cos and signed sin for positions 0..N-1, computed once in fp32 exactly as <see cref="Rotary.CosSin"/>
+/// computes them (positions in fp32 times inv_freq) and looked up by position on each forward instead of being
+/// recomputed (six ops with trigonometry per forward, every decode step). Grown on demand past N.</summary>
+internal sealed class RotaryCache : IDisposable
+{
+    private readonly Tensor _invFreq;
+    private Tensor? _cos, _sinSigned;   // (N, hs) fp32
+    private long _length;
+
+    public RotaryCache(Tensor invFreq, long length)
+    {
+        _invFreq = invFreq;
+        Grow(length);
+    }
+
+    /// <summary>Tables for <paramref name="positions"/> (B, T), all below or at <paramref name="maxPosition"/>, in <paramref name="dtype"/>.</summary>
+    public RotaryTables Lookup(Tensor positions, long maxPosition, ScalarType dtype)
+    {
+        if (maxPosition >= _length) Grow(Math.Max(2 * _length, maxPosition + 1));
+        long b = positions.shape[0], n = positions.shape[1], hs = _cos!.shape[1];
+        var index = positions.reshape(-1);
+        var cos = _cos.index_select(0, index).view(b, n, 1, hs);
+        var sin = _sinSigned!.index_select(0, index).view(b, n, 1, hs);
+        return dtype == ScalarType.Float32 ? new RotaryTables(cos, sin) : new RotaryTables(cos.to(dtype), sin.to(dtype));
+    }
+
+    private void Grow(long length)
+    {
+        Dispose();
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var positions = torch.arange(length, dtype: ScalarType.Int64, device: _invFreq.device).unsqueeze(0);   // (1, N)
+        var (cos, sin) = Rotary.CosSin(_invFreq, positions, ScalarType.Float32);                                // (1, N, hs)
+        var signed = RotaryTables.From(cos, sin).SinSigned;                                                      // (1, N, 1, hs)
+        _cos = cos.squeeze(0).contiguous().DetachFromDisposeScope();
+        _sinSigned = signed.squeeze(0).squeeze(1).contiguous().DetachFromDisposeScope();
+        _length = length;
+    }
+
+    public void Dispose()
+    {
+        _cos?.Dispose();
+        _sinSigned?.Dispose();
+        _cos = _sinSigned = null;
+        _length = 0;
     }
 }

@@ -14,8 +14,10 @@ namespace RlhfStudio.Engine.Models;
 /// The casts are part of the graph, so gradients flow back into the weights in their own (master) dtype, as under
 /// torch.autocast. Unset, the layer computes in the weight's dtype.</para>
 /// <para>LoRA: with an adapter attached, y = base(x) + B(A(dropout(x))) * alpha / r, exactly as PEFT's lora.Linear.</para></summary>
-public class Projection : nn.Module<Tensor, Tensor>
+public class Projection : nn.Module<Tensor, Tensor>, IInferenceWeights
 {
+    private Tensor? _inferenceWeight, _inferenceBias;   // compute-dtype copies inside an inference-weights scope
+
     private readonly Parameter _weight;
     private readonly Parameter? _bias;
 
@@ -72,10 +74,34 @@ public class Projection : nn.Module<Tensor, Tensor>
     /// <summary>The adapter's update is folded into <see cref="weight"/>; the adapter path is skipped.</summary>
     public bool Merged { get; private set; }
 
+    /// <summary>No adapter contributes to the output: the layer is exactly x W^T + b (layers may then fuse it with
+    /// their neighbours into one matmul).</summary>
+    internal bool IsPlain => Adapter is not { Enabled: true } || Merged;
+
+    /// <summary>The dtype the matmul runs in.</summary>
+    internal ScalarType MatmulDType => ComputeDType ?? _weight.dtype;
+
+    void IInferenceWeights.CacheInferenceWeights()
+    {
+        // No cast needed (weights already in the matmul dtype) or GPT-2's transposed Conv1D storage: nothing to cache.
+        if (FanInFanOut || MatmulDType == _weight.dtype) return;
+        _inferenceWeight = InferenceCopies.Make(_weight, MatmulDType);
+        _inferenceBias = _bias is null ? null : InferenceCopies.Make(_bias, MatmulDType);
+    }
+
+    void IInferenceWeights.DropInferenceWeights()
+    {
+        _inferenceWeight?.Dispose();
+        _inferenceBias?.Dispose();
+        _inferenceWeight = _inferenceBias = null;
+    }
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var y = Linear(x, _weight, _bias, ComputeDType, FanInFanOut);
+        var y = _inferenceWeight is not null && !torch.is_grad_enabled()
+            ? Linear(x, _inferenceWeight, _inferenceBias, MatmulDType)
+            : Linear(x, _weight, _bias, ComputeDType, FanInFanOut);
         if (Adapter is { Enabled: true } adapter && !Merged)
             y = y + adapter.Delta(x, ComputeDType, training).to(y.dtype);
         return y.MoveToOuterDisposeScope();

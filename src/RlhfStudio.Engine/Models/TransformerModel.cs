@@ -55,6 +55,48 @@ public abstract class TransformerModel : nn.Module
         }
     }
 
+    private int _inferenceScopes;
+    private Tensor? _inferenceEmbedding;
+
+    /// <summary>The tied LM head's weight in the compute dtype inside an inference-weights scope, else null.</summary>
+    private protected Tensor? InferenceEmbedding => _inferenceEmbedding;
+
+    /// <summary>Opens a scope in which no-grad forwards use copies of the weights made once in the compute dtype (and
+    /// concatenated where a layer fuses projections) instead of casting every weight on every call: with fp32
+    /// masters and bf16 compute that saves a pass over all weights per decode step. Forwards that record gradients
+    /// are unaffected. The weights, adapters and <see cref="ComputeDType"/> must not change while the scope is open.
+    /// Scopes nest; the copies are freed when the outermost one is disposed.</summary>
+    public InferenceWeightsScope UseInferenceWeights()
+    {
+        if (_inferenceScopes++ == 0)
+        {
+            foreach (var (_, m) in named_modules())
+                if (m is IInferenceWeights w) w.CacheInferenceWeights();
+            if (Config.TieWordEmbeddings && ComputeDType is ScalarType dtype && dtype != DType)
+                _inferenceEmbedding = InferenceCopies.Make(Trunk.TokenEmbedding, dtype);
+        }
+        return new InferenceWeightsScope(this);
+    }
+
+    internal void CloseInferenceWeights()
+    {
+        if (_inferenceScopes == 0 || --_inferenceScopes > 0) return;
+        foreach (var (_, m) in named_modules())
+            if (m is IInferenceWeights w) w.DropInferenceWeights();
+        _inferenceEmbedding?.Dispose();
+        _inferenceEmbedding = null;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && _inferenceScopes > 0)
+        {
+            _inferenceScopes = 1;
+            CloseInferenceWeights();
+        }
+        base.Dispose(disposing);
+    }
+
     /// <summary>Every projection (linear layer) with its full name, e.g. "model.layers.0.self_attn.q_proj", in name order.</summary>
     public IReadOnlyList<(string Name, Projection Projection)> Projections() =>
         named_modules().Where(m => m.module is Projection).Select(m => (m.name, (Projection)m.module))
@@ -155,7 +197,10 @@ public sealed class CausalLanguageModel : TransformerModel
     public override ModelHead Head => ModelHead.CausalLM;
 
     /// <summary>(B, T, hidden) -> logits (B, T, vocab), in the compute dtype when one is set.</summary>
-    public Tensor Logits(Tensor hidden) => lm_head is not null ? lm_head.forward(hidden) : Projection.Linear(hidden, Trunk.TokenEmbedding, null, ComputeDType);
+    public Tensor Logits(Tensor hidden) =>
+        lm_head is not null ? lm_head.forward(hidden)
+        : InferenceEmbedding is { } cached && !torch.is_grad_enabled() ? Projection.Linear(hidden, cached, null, cached.dtype)
+        : Projection.Linear(hidden, Trunk.TokenEmbedding, null, ComputeDType);
 
     /// <summary>Logits (B, T, vocab) for <paramref name="inputIds"/>; arguments as <see cref="Trunk.Forward"/>.</summary>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)

@@ -79,12 +79,37 @@ public sealed class AdamWOptimizer : IDisposable
     public void Step(double learningRate)
     {
         using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        // fp32 parameters with fp32 gradients (plain fp32 training and fp32 masters under a bf16 compute dtype) go
+        // through libtorch's fused multi-tensor AdamW: one kernel pass per tensor instead of nine elementwise ops.
+        var fused = new Dictionary<(bool Decayed, long Step, DeviceType Device), List<(State State, Tensor Grad)>>();
         foreach (var s in _states)
         {
-            using var scope = NewDisposeScope();
             var grad = s.Target.Parameter.grad;
             if (grad is null) continue;
+            if (FusedAdamW.Available && s.Target.Parameter.dtype == ScalarType.Float32 && grad.dtype == ScalarType.Float32 && !grad.is_sparse)
+            {
+                var key = (s.Decayed && WeightDecay != 0, s.Step + 1, s.Target.Parameter.device_type);
+                if (!fused.TryGetValue(key, out var list)) fused[key] = list = [];
+                list.Add((s, grad));
+                continue;
+            }
+            using var one = NewDisposeScope();
             Update(s, grad, learningRate);
+        }
+        foreach (var ((decayed, step, _), group) in fused)
+        {
+            foreach (var (s, _) in group)
+            {
+                s.ExpAvg ??= zeros_like(s.Target.Parameter).DetachFromDisposeScope();
+                s.ExpAvgSq ??= zeros_like(s.Target.Parameter).DetachFromDisposeScope();
+                s.Step++;
+            }
+            var device = group[0].State.Target.Parameter.device;
+            using var stepTensor = tensor((float)step, ScalarType.Float32, device);
+            FusedAdamW.Update(group.Select(g => (Tensor)g.State.Target.Parameter).ToArray(), group.Select(g => g.Grad).ToArray(),
+                group.Select(g => g.State.ExpAvg!).ToArray(), group.Select(g => g.State.ExpAvgSq!).ToArray(), stepTensor,
+                learningRate, Beta1, Beta2, decayed ? WeightDecay : 0.0, Epsilon);
         }
     }
 
@@ -118,6 +143,39 @@ public sealed class AdamWOptimizer : IDisposable
         var denom = s.ExpAvgSq.sqrt().div_(bc2).add_(eps, One);
         master.addcdiv_(s.ExpAvg, denom, negStepSize);
         if (!ReferenceEquals(master, p)) p.copy_(master);
+    }
+
+    /// <summary>libtorch's <c>_fused_adamw_</c> (the kernel behind <c>torch.optim.AdamW(fused=True)</c>, same update
+    /// as the single-tensor one), reached through a TorchScript function since TorchSharp does not bind it.</summary>
+    private static class FusedAdamW
+    {
+        private static readonly Lazy<torch.jit.CompilationUnit?> Unit = new(() =>
+        {
+            try
+            {
+                return torch.jit.compile("""
+                    def adamw(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], step: Tensor,
+                              lr: float, beta1: float, beta2: float, weight_decay: float, eps: float) -> int:
+                        steps = [step for _ in params]
+                        torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                                            weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+                        return 0
+                    """);
+            }
+            catch (Exception)
+            {
+                return null;   // a libtorch without the fused kernel: the per-tensor update below is used instead
+            }
+        });
+
+        public static bool Available => Unit.Value is not null;
+
+        public static void Update(Tensor[] parameters, Tensor[] grads, Tensor[] expAvgs, Tensor[] expAvgSqs, Tensor step,
+            double lr, double beta1, double beta2, double weightDecay, double eps)
+        {
+            var result = Unit.Value!.invoke("adamw", parameters, grads, expAvgs, expAvgSqs, step, lr, beta1, beta2, weightDecay, eps);
+            (result as IDisposable)?.Dispose();
+        }
     }
 
     // add_(Scalar) without an alpha creates an undisposed Scalar 1 on every call; this one is shared.

@@ -1,0 +1,178 @@
+using System.Diagnostics;
+using System.Globalization;
+using RlhfStudio.Bench.Workloads;
+using RlhfStudio.Engine.Generation;
+using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace RlhfStudio.Bench;
+
+/// <summary>--profile: where the time of a training step (tiny and 25M) and of a decode step goes. TorchSharp has no
+/// autograd profiler, so every piece is timed on its own with a Stopwatch on the shapes the step uses (forward, and
+/// forward+backward with a random upstream gradient); the whole step is timed next to the sum of its parts. Figures
+/// are milliseconds per call, best of several rounds.</summary>
+public static class Profile
+{
+    private static readonly List<string[]> Rows = [];
+
+    /// <param name="filter">Only the parts whose "training-tiny-bf16" / "decode-25M-fp32" label contains this.</param>
+    public static int Run(string? filter)
+    {
+        Console.WriteLine($"profile (load {Machine.LoadAverage()}); ms per call, best of {Rounds} rounds");
+        foreach (var config in BenchConfig.All)
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                if (filter is null || $"training-{config.Name}-{DTypes.Name(dtype)}".Contains(filter, StringComparison.Ordinal)) Training(config, dtype);
+                if (filter is null || $"decode-{config.Name}-{DTypes.Name(dtype)}".Contains(filter, StringComparison.Ordinal)) Decode(config, dtype);
+            }
+        Report.PrintMarkdown(Console.Out, ["what", "config", "dtype", "ms", "x per step", "ms per step"], Rows);
+        Console.WriteLine($"load average after: {Machine.LoadAverage()}");
+        return 0;
+    }
+
+    private const int Rounds = 3;
+
+    private static double Time(Action work, int calls = 2, int rounds = Rounds)
+    {
+        work();
+        double best = double.MaxValue;
+        for (int r = 0; r < rounds; r++)
+        {
+            GC.Collect(0);
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < calls; i++) work();
+            best = Math.Min(best, sw.Elapsed.TotalMilliseconds / calls);
+        }
+        return best;
+    }
+
+    private static void Add(string what, BenchConfig config, ScalarType dtype, double ms, int perStep = 1) =>
+        Rows.Add([what, config.Name, DTypes.Name(dtype), ms.ToString("F3", CultureInfo.InvariantCulture), perStep.ToString(CultureInfo.InvariantCulture),
+            (ms * perStep).ToString("F2", CultureInfo.InvariantCulture)]);
+
+    /// <summary>Forward and forward+backward of <paramref name="f"/> on a fresh leaf input.</summary>
+    private static (double Forward, double Both) FwdBwd(Func<Tensor, Tensor> f, Tensor input)
+    {
+        double fwd = Time(() => { using var s = NewDisposeScope(); using var ng = no_grad(); f(input); });
+        double both = Time(() =>
+        {
+            using var s = NewDisposeScope();
+            var x = input.detach().requires_grad_(true);
+            var y = f(x);
+            y.backward([torch.ones_like(y)]);
+        });
+        return (fwd, both);
+    }
+
+    private static void Training(BenchConfig config, ScalarType dtype)
+    {
+        Console.Error.WriteLine($"training {config.Name} {DTypes.Name(dtype)} ...");
+        using var model = config.CreateModel(dtype);
+        var c = model.Config;
+        int layersCount = c.NumHiddenLayers;
+        long b = config.Batch, t = config.SequenceLength;
+        using (var trainer = new TrainingStep.Trainer(model, TrainingStep.Trainer.RandomBatches(config, 11, 2)))
+            Add("whole step (fwd+bwd+AdamW)", config, dtype, Time(trainer.Step, calls: 2));
+
+        var layer = ((LlamaModel)model.Trunk).layers[0];
+        var act = dtype;
+        using var x = torch.randn([b, t, c.HiddenSize]).to(act);
+        using var invFreq = Rotary.InverseFrequencies(c.HeadDim, c.RopeTheta, null);
+        using var positions = torch.arange(t).unsqueeze(0).expand(b, t);
+        var (cos, sin) = Rotary.CosSin(invFreq, positions, act);
+        using var cosD = cos.DetachFromDisposeScope();
+        using var sinD = sin.DetachFromDisposeScope();
+
+        var norm = FwdBwd(h => layer.input_layernorm.forward(h), x);
+        Add("  RMSNorm fwd", config, dtype, norm.Forward, 2 * layersCount + 1);
+        Add("  RMSNorm fwd+bwd", config, dtype, norm.Both, 2 * layersCount + 1);
+        var attn = FwdBwd(h => layer.self_attn.Forward(h, cosD, sinD, null, true, null, 0), x);
+        Add("  attention block fwd", config, dtype, attn.Forward, layersCount);
+        Add("  attention block fwd+bwd", config, dtype, attn.Both, layersCount);
+        var mlp = FwdBwd(h => layer.mlp.forward(h), x);
+        Add("  MLP block fwd", config, dtype, mlp.Forward, layersCount);
+        Add("  MLP block fwd+bwd", config, dtype, mlp.Both, layersCount);
+        var whole = FwdBwd(h => layer.Forward(h, cosD, sinD, null, true, null, 0), x);
+        Add("  decoder layer fwd+bwd", config, dtype, whole.Both, layersCount);
+
+        // Pieces of the attention block.
+        var q = layer.self_attn.q_proj;
+        var proj = FwdBwd(h => q.forward(h), x);
+        Add("    one h->h projection fwd+bwd", config, dtype, proj.Both, 4 * layersCount);
+        using var qh = torch.randn([b, c.NumAttentionHeads, t, c.HeadDim]).to(act);
+        var rope = FwdBwd(h => Rotary.Apply(h, cosD, sinD), qh);
+        Add("    rotary apply fwd+bwd", config, dtype, rope.Both, 2 * layersCount);
+        var sdpa = FwdBwd(h => F.scaled_dot_product_attention(h, qh, qh, is_casual: true), qh);
+        Add("    SDPA causal fwd+bwd (grad q only)", config, dtype, sdpa.Both, layersCount);
+        Add("    rotary cos/sin tables", config, dtype, Time(() => { using var s = NewDisposeScope(); Rotary.CosSin(invFreq, positions, act); }), 1);
+        if (dtype != ScalarType.Float32)
+            Add("    cast one h x h fp32 weight to bf16", config, dtype, Time(() => { using var s = NewDisposeScope(); q.weight.to(dtype); }), 7 * layersCount);
+
+        // Head, loss and optimiser.
+        using var hidden = torch.randn([b, t, c.HiddenSize]).to(act);
+        using var targets = torch.randint(0, c.VocabSize, [b * t], dtype: ScalarType.Int64);
+        var head = FwdBwd(h => F.cross_entropy(model.Logits(h).view(-1, c.VocabSize).to(ScalarType.Float32), targets), hidden);
+        Add("  LM head + cross-entropy fwd", config, dtype, head.Forward);
+        Add("  LM head + cross-entropy fwd+bwd", config, dtype, head.Both);
+        using var ids = torch.randint(0, c.VocabSize, [b, t], dtype: ScalarType.Int64);
+        Add("  trunk forward (no grad)", config, dtype, Time(() => { using var s = NewDisposeScope(); using var ng = no_grad(); model.Hidden(ids); }, calls: 2));
+        Add("  model forward+backward (no optimiser)", config, dtype, Time(() =>
+        {
+            using var s = NewDisposeScope();
+            var logits = model.Forward(ids);
+            F.cross_entropy(logits.view(-1, c.VocabSize).to(ScalarType.Float32), targets).backward();
+            foreach (var p in model.parameters()) { using var g = p.grad; p.grad = null; }
+        }, calls: 2));
+        var parameters = ParameterGroups.Trainable(model);
+        using var optimizer = new AdamWOptimizer(parameters, weightDecay: 0.1);
+        foreach (var p in parameters) p.Parameter.grad = torch.randn_like(p.Parameter).DetachFromDisposeScope();
+        Add("  AdamW step", config, dtype, Time(() => optimizer.Step(1e-4)));
+    }
+
+    private static void Decode(BenchConfig config, ScalarType dtype)
+    {
+        Console.Error.WriteLine($"decode {config.Name} {DTypes.Name(dtype)} ...");
+        const int Batch = Generate.Batch, Context = 96, Calls = 32;
+        using var model = config.CreateModel(dtype);
+        var c = model.Config;
+        using var noGrad = no_grad();
+        var gen = new torch.Generator(5);
+        using var prompt = torch.randint(0, c.VocabSize, [Batch, Context], generator: gen, dtype: ScalarType.Int64);
+        using var token = torch.randint(0, c.VocabSize, [Batch, 1], generator: gen, dtype: ScalarType.Int64);
+        double PerCall(Action call) => Time(() => { for (int i = 0; i < Calls; i++) call(); }, calls: 1) / Calls;
+        using (var cache = model.NewCache(Batch, Context + Calls * 8 + 1))
+        {
+            using (var s = NewDisposeScope()) model.Hidden(prompt, cache: cache);
+            using var positions = torch.full([Batch, 1], Context, dtype: ScalarType.Int64);
+            Add("decode: trunk, 1 token", config, dtype, PerCall(() => { using var s = NewDisposeScope(); model.Hidden(token, null, positions, cache); }), Generate.NewTokens);
+        }
+        var layer = ((LlamaModel)model.Trunk).layers[0];
+        using (var cache = model.NewCache(Batch, Context + Calls * 8 + 1))
+        {
+            using (var s = NewDisposeScope()) model.Hidden(prompt, cache: cache);
+            using var x = torch.randn([Batch, 1, c.HiddenSize]).to(dtype);
+            using var pos = torch.full([Batch, 1], Context, dtype: ScalarType.Int64);
+            using var invFreq = Rotary.InverseFrequencies(c.HeadDim, c.RopeTheta, null);
+            var (cos, sin) = Rotary.CosSin(invFreq, pos, dtype);
+            Add("decode:   attention block", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.self_attn.Forward(x, cos, sin, null, false, null, 0); }), Generate.NewTokens * c.NumHiddenLayers);
+            Add("decode:   MLP block", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.mlp.forward(x); }), Generate.NewTokens * c.NumHiddenLayers);
+            Add("decode:   RMSNorm", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.input_layernorm.forward(x); }), Generate.NewTokens * (2 * c.NumHiddenLayers + 1));
+            Add("decode:   rotary cos/sin", config, dtype, PerCall(() => { using var s = NewDisposeScope(); Rotary.CosSin(invFreq, pos, dtype); }), Generate.NewTokens);
+            using var q = torch.randn([Batch, c.NumAttentionHeads, 1, c.HeadDim]).to(dtype);
+            using var k = torch.randn([Batch, c.NumAttentionHeads, Context, c.HeadDim]).to(dtype);
+            Add("decode:   SDPA alone", config, dtype, PerCall(() => { using var s = NewDisposeScope(); F.scaled_dot_product_attention(q, k, k); }), Generate.NewTokens * c.NumHiddenLayers);
+            cos.Dispose();
+            sin.Dispose();
+        }
+        using var hidden = torch.randn([Batch, 1, c.HiddenSize]).to(dtype);
+        Add("decode: LM head", config, dtype, PerCall(() => { using var s = NewDisposeScope(); model.Logits(hidden).to(ScalarType.Float32); }), Generate.NewTokens);
+        using var logits = torch.randn([Batch, c.VocabSize]);
+        Add("decode: sample (softmax + inverse CDF)", config, dtype, PerCall(() => { using var s = NewDisposeScope(); Sampling.Draw(logits.softmax(-1), gen); }), Generate.NewTokens);
+        var settings = new GenerationSettings { MaxNewTokens = Generate.NewTokens, Temperature = 1.0, EosTokenIds = [], PadTokenId = 0, Seed = 1 };
+        using var ids = torch.randint(0, c.VocabSize, [Batch, Generate.PromptLength], generator: gen, dtype: ScalarType.Int64);
+        Add("generate 8x(32+128), whole", config, dtype, Time(() => { using var r = TextGenerator.Generate(model, ids, null, settings); }, calls: 1));
+    }
+}
