@@ -58,7 +58,7 @@ public class DpoJobTests(TrainerWorkspace workspace) : IClassFixture<TrainerWork
         var (outcome, reporter) = JobRecorder.Run(spec, dir.Path);
         Assert.Equal(RunEndState.Completed, outcome.State);
         var losses = reporter.Series(MetricNames.TrainLoss).Values.ToList();
-        Assert.True(losses[^1] < losses[0] * 0.7, string.Join(", ", losses));
+        Assert.True(losses[^1] < losses[0] * 0.75, string.Join(", ", losses));
         // Every reward is 0 at the first step (accuracy 0); afterwards most pairs rank chosen first.
         Assert.Equal(0, reporter.Series(MetricNames.RewardsAccuracies)[1]);
         Assert.True(reporter.Last(MetricNames.RewardsAccuracies) > 0.75, $"accuracy {reporter.Last(MetricNames.RewardsAccuracies)}");
