@@ -32,8 +32,7 @@ public sealed class Gpt2Attention : nn.Module
         var q = qkv[0].view(b, t, _heads, _headDim).transpose(1, 2);   // (B, nh, T, hs)
         var k = qkv[1].view(b, t, _heads, _headDim).transpose(1, 2);
         var v = qkv[2].view(b, t, _heads, _headDim).transpose(1, 2);
-        if (cache is not null) (k, v) = cache.Append(layer, k, v);       // (B, nh, past+T, hs)
-        var y = F.scaled_dot_product_attention(q, k, v, attn_mask: mask, is_casual: isCausal);
+        var y = Trunk.Attend(q, k, v, mask, isCausal, cache, layer);      // (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(b, t, c);
         return c_proj.forward(y).MoveToOuterDisposeScope();
     }

@@ -63,11 +63,7 @@ public sealed class LlamaAttention : nn.Module, IInferenceWeights
             k = Rotary.Apply(k_proj.forward(x).view(b, t, _kvHeads, _headDim), rope).transpose(1, 2);
             v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
         }
-        if (cache is not null) (k, v) = cache.Append(layer, k, v);                     // (B, kvh, past+T, hs)
-        // SDPA here has no GQA: give every query head its own copy of its kv head.
-        k = Trunk.RepeatKv(k, _heads / _kvHeads);
-        v = Trunk.RepeatKv(v, _heads / _kvHeads);
-        var y = F.scaled_dot_product_attention(q, k, v, attn_mask: mask, is_casual: isCausal);   // (B, nh, T, hs); scale 1/sqrt(hs)
+        var y = Trunk.Attend(q, k, v, mask, isCausal, cache, layer);                    // (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(b, t, _heads * _headDim);
         return o_proj.forward(y).MoveToOuterDisposeScope();
     }

@@ -85,7 +85,7 @@ public class FastPathTests
     }
 
     [Fact]
-    public void Bf16_generation_uses_cached_weights_and_matches_greedy_decoding_without_them()
+    public void Bf16_generation_with_inference_copies_matches_greedy_decoding_without_them()
     {
         using var scope = NewDisposeScope();
         using var model = RandomCausal(Llama());
@@ -93,12 +93,34 @@ public class FastPathTests
         var prompt = RandomIds(2, 4, seed: 6);
         var settings = new GenerationSettings { MaxNewTokens = 6, Temperature = 0, EosTokenIds = [], PadTokenId = 0 };
         using var result = TextGenerator.Generate(model, prompt, null, settings);
-        // Greedy decoding by full forwards, no cache and no inference copies.
+        // Greedy decoding by hand through the same cache, no inference copies.
         using var noGrad = torch.no_grad();
+        using var cache = model.NewCache(2, 10);
         var ids = prompt;
+        var logits = model.Forward(prompt, cache: cache);
         for (int i = 0; i < settings.MaxNewTokens; i++)
-            ids = torch.cat([ids, model.Forward(ids).select(1, -1).argmax(-1).unsqueeze(1)], 1);
+        {
+            var next = logits.select(1, -1).argmax(-1).unsqueeze(1);
+            ids = torch.cat([ids, next], 1);
+            if (i < settings.MaxNewTokens - 1) logits = model.Forward(next, cache: cache);
+        }
         Assert.True(Same(result.Sequences, ids));
+    }
+
+    [Fact]
+    public void One_token_decode_under_bf16_attends_in_fp32_close_to_the_full_pass()
+    {
+        using var scope = NewDisposeScope();
+        using var model = RandomCausal(Llama());
+        model.ComputeDType = ScalarType.BFloat16;
+        using var noGrad = torch.no_grad();
+        var ids = RandomIds(2, 6, seed: 8);
+        using var cache = model.NewCache(2, 6);
+        Assert.Equal(ScalarType.BFloat16, model.Forward(ids.narrow(1, 0, 5), cache: cache).dtype);
+        var last = model.Forward(ids.narrow(1, 5, 1), cache: cache);
+        var full = model.Forward(ids).narrow(1, 5, 1);
+        Assert.Equal(ScalarType.BFloat16, last.dtype);
+        Assert.True(MaxDiff(full, last) < 0.05 * MaxDiff(full, torch.zeros_like(full)), $"differs by {MaxDiff(full, last)}");
     }
 }
 
