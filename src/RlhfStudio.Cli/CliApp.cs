@@ -1,6 +1,7 @@
 using RlhfStudio.Cli.Commands;
 using RlhfStudio.Engine.IO;
 using RlhfStudio.Engine.Text;
+using RlhfStudio.Engine.Trainers;
 
 namespace RlhfStudio.Cli;
 
@@ -15,6 +16,13 @@ public static class CliApp
         ModelCommands.Logits,
         ModelCommands.CreatePreset,
         GenerateCommand.Spec,
+        TrainCommand.Sft,
+        TrainCommand.Reward,
+        TrainCommand.Ppo,
+        TrainCommand.Rloo,
+        TrainCommand.Dpo,
+        EvalCommands.Arithmetic,
+        EvalCommands.Reward,
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -45,6 +53,11 @@ public static class CliApp
             stderr.WriteLine($"error: {e.Message}");
             stderr.WriteLine($"usage: rlhfstudio {command.Usage}");
             return 2;
+        }
+        catch (Exception e) when (JobFailures.Describe(e) is string message)
+        {
+            stderr.WriteLine($"error: {message}");
+            return 1;
         }
         catch (Exception e) when (e is ModelLoadException or TokenizerLoadException or ArgumentException or IOException
                                    or UnauthorizedAccessException or NotSupportedException or InvalidOperationException or FormatException)

@@ -35,6 +35,9 @@ public static class StudioServices
         builder.Services.AddSingleton<DatasetLibrary>();
         builder.Services.AddSingleton<ModelLibrary>();
         builder.Services.AddSingleton<RunQueries>();
+        builder.Services.AddSingleton<ModelSources>();
+        builder.Services.AddSingleton<PlaygroundService>();
+        builder.Services.AddSingleton<HeadToHead>();
         builder.Services.AddSingleton<JobFactory>();
         builder.Services.AddSingleton<RecordWriter>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RecordWriter>());

@@ -2,37 +2,22 @@ using System.Text.Json.Nodes;
 using RlhfStudio.Engine.IO;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Text;
-using TorchSharp;
 
 namespace RlhfStudio.Cli.Commands;
 
-/// <summary>What <c>model inspect</c> reports. Reads config.json, the safetensors headers and the tokenizer files;
-/// weights are not loaded (parameter counts come from the model built on the meta device, which allocates nothing).</summary>
-internal sealed record ModelReport(string Folder, ModelConfig Config, ParameterCounts Parameters, IReadOnlyDictionary<string, long> StoredDTypes,
-    IReadOnlyList<string> WeightFiles, TextTokenizer? Tokenizer, string? TokenizerError, string DefaultTemplate)
+/// <summary>Renders <see cref="ModelInspection"/> for <c>model inspect</c> (text or JSON).</summary>
+internal sealed record ModelReport(ModelInspection Inspection)
 {
-    public static ModelReport Read(string folder)
-    {
-        var config = ModelLoader.ReadConfig(folder);
-        ParameterCounts counts;
-        using (TransformerModel model = config.Head == ModelHead.SequenceClassification
-                   ? new ScoreModel(config, device: torch.META) : new CausalLanguageModel(config, device: torch.META))
-            counts = model.CountParameters();
-        Dictionary<string, long> dtypes;
-        List<string> files;
-        using (var checkpoint = CheckpointFiles.Open(folder))
-        {
-            dtypes = checkpoint.Tensors.Keys.GroupBy(name => checkpoint.Info(name).DTypeName)
-                .OrderBy(g => g.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => (long)g.Count());
-            files = checkpoint.Tensors.Values.Select(f => Path.GetFileName(f.Path)).Distinct().Order(StringComparer.Ordinal).ToList();
-        }
-        TextTokenizer? tokenizer = null;
-        string? tokenizerError = null;
-        try { tokenizer = TextTokenizer.Load(folder); }
-        catch (TokenizerLoadException e) { tokenizerError = e.Message; }
-        var template = tokenizer is null ? PromptTemplates.StackLlama : PromptTemplates.DefaultFor(tokenizer, config.ModelType);
-        return new ModelReport(folder, config, counts, dtypes, files, tokenizer, tokenizerError, template.Name);
-    }
+    private string Folder => Inspection.Folder;
+    private ModelConfig Config => Inspection.Config;
+    private ParameterCounts Parameters => Inspection.Parameters;
+    private IReadOnlyDictionary<string, long> StoredDTypes => Inspection.StoredDTypes;
+    private IReadOnlyList<string> WeightFiles => Inspection.WeightFiles;
+    private TextTokenizer? Tokenizer => Inspection.Tokenizer;
+    private string? TokenizerError => Inspection.TokenizerError;
+    private string DefaultTemplate => Inspection.DefaultTemplate;
+
+    public static ModelReport Read(string folder) => new(ModelInspection.Inspect(folder));
 
     public JsonObject ToJson()
     {

@@ -1,88 +1,70 @@
+using System.Text.Json.Serialization;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Text;
+using TorchSharp;
 
 namespace RlhfStudio.Engine.IO;
 
-/// <summary>What a model folder holds, read from config.json, the safetensors headers and the tokenizer
-/// files, without loading any weights (so registering a 7B model takes milliseconds).</summary>
-public sealed record ModelSummary(
+/// <summary>What a model folder holds, read from config.json, the safetensors headers and the tokenizer files
+/// without loading any weight: parameter counts come from the model built on the meta device, which allocates
+/// nothing, so inspecting a 7B model takes milliseconds. The CLI's <c>model inspect</c> and the studio's
+/// Models page both show this.</summary>
+public sealed record ModelInspection(
     string Folder,
-    string ModelType,
-    string Architecture,
-    int HiddenSize,
-    int Layers,
-    int Heads,
-    int KvHeads,
-    int IntermediateSize,
-    int VocabSize,
-    int MaxPositions,
-    bool TiedEmbeddings,
-    long Parameters,
-    long EmbeddingParameters,
-    IReadOnlyList<string> StoredDTypes,
+    [property: JsonIgnore] ModelConfig Config,
+    ParameterCounts Parameters,
+    IReadOnlyDictionary<string, long> StoredDTypes,
+    IReadOnlyList<string> WeightFiles,
     long WeightBytes,
     bool IsAdapter,
-    string? Tokenizer,
-    string? TokenizerProblem,
-    string? BosToken,
-    string? EosToken,
-    string? PadToken,
-    bool PadIsEos,
-    string DefaultTemplate);
-
-public static class ModelInspection
+    [property: JsonIgnore] TextTokenizer? Tokenizer,
+    string? TokenizerError,
+    string DefaultTemplate)
 {
-    /// <summary>Summarises a Hugging Face model folder. Throws <see cref="ModelLoadException"/> naming the file
-    /// when config.json or the weights are missing or malformed; a tokenizer problem is reported, not thrown.</summary>
-    public static ModelSummary Inspect(string folder)
+    public string Architecture => Config.Architectures.Count > 0 ? Config.Architectures[0] : Config.ArchitectureFor(Config.Head);
+    public string ModelType => Config.ModelType;
+    public int HiddenSize => Config.HiddenSize;
+    public int Layers => Config.NumHiddenLayers;
+    public int Heads => Config.NumAttentionHeads;
+    public int KvHeads => Config.NumKeyValueHeads;
+    public int IntermediateSize => Config.IntermediateSize;
+    public int VocabSize => Config.VocabSize;
+    public int MaxPositions => Config.MaxPositionEmbeddings;
+    public bool TiedEmbeddings => Config.TieWordEmbeddings;
+    /// <summary>"ByteLevelBpe (49,152 tokens)", or null when the tokenizer cannot be loaded.</summary>
+    public string? TokenizerSummary => Tokenizer is null ? null : $"{Tokenizer.Kind} ({Tokenizer.VocabSize:N0} tokens)";
+    public string? BosToken => Tokenizer?.BosToken;
+    public string? EosToken => Tokenizer?.EosToken;
+    public string? PadToken => Tokenizer?.PadToken;
+    public bool PadIsEos => Tokenizer?.PadIsEos ?? false;
+
+    /// <summary>Inspects a Hugging Face model folder. Throws <see cref="ModelLoadException"/> naming the file when
+    /// config.json or the weights are missing or malformed (pickle files refused); a tokenizer problem is reported
+    /// in <see cref="TokenizerError"/>, not thrown.</summary>
+    public static ModelInspection Inspect(string folder)
     {
         if (!Directory.Exists(folder)) throw new ModelLoadException($"{folder}: no such folder");
         var config = ModelLoader.ReadConfig(folder);
-        long parameters = 0, embedding = 0, bytes = 0;
-        var dtypes = new SortedSet<string>(StringComparer.Ordinal);
-        using (var files = CheckpointFiles.Open(folder))
+        ParameterCounts counts;
+        using (TransformerModel model = config.Head == ModelHead.SequenceClassification
+                   ? new ScoreModel(config, device: torch.META) : new CausalLanguageModel(config, device: torch.META))
+            counts = model.CountParameters();
+        Dictionary<string, long> dtypes;
+        List<string> files;
+        long bytes;
+        using (var checkpoint = CheckpointFiles.Open(folder))
         {
-            foreach (var name in files.Tensors.Keys)
-            {
-                var info = files.Info(name);
-                long count = info.Shape.Aggregate(1L, (a, b) => checked(a * b));
-                parameters += count;
-                bytes += info.ByteLength;
-                dtypes.Add(info.DTypeName);
-                if (name.EndsWith("embed_tokens.weight", StringComparison.Ordinal) || name.EndsWith("wte.weight", StringComparison.Ordinal)
-                    || name.EndsWith("wpe.weight", StringComparison.Ordinal))
-                    embedding += count;
-            }
+            dtypes = checkpoint.Tensors.Keys.GroupBy(name => checkpoint.Info(name).DTypeName)
+                .OrderBy(g => g.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => (long)g.Count());
+            files = checkpoint.Tensors.Values.Select(f => Path.GetFileName(f.Path)).Distinct().Order(StringComparer.Ordinal).ToList();
+            bytes = checkpoint.Tensors.Keys.Sum(name => checkpoint.Info(name).ByteLength);
         }
-
         TextTokenizer? tokenizer = null;
-        string? problem = null;
+        string? tokenizerError = null;
         try { tokenizer = TextTokenizer.Load(folder); }
-        catch (TokenizerLoadException e) { problem = e.Message; }
-
-        return new ModelSummary(
-            Folder: Path.GetFullPath(folder),
-            ModelType: config.ModelType,
-            Architecture: config.Architectures.FirstOrDefault() ?? config.ArchitectureFor(config.Head),
-            HiddenSize: config.HiddenSize,
-            Layers: config.NumHiddenLayers,
-            Heads: config.NumAttentionHeads,
-            KvHeads: config.NumKeyValueHeads,
-            IntermediateSize: config.IntermediateSize,
-            VocabSize: config.VocabSize,
-            MaxPositions: config.MaxPositionEmbeddings,
-            TiedEmbeddings: config.TieWordEmbeddings,
-            Parameters: parameters,
-            EmbeddingParameters: embedding,
-            StoredDTypes: [.. dtypes],
-            WeightBytes: bytes,
-            IsAdapter: File.Exists(Path.Combine(folder, "adapter_config.json")),
-            Tokenizer: tokenizer is null ? null : $"{tokenizer.Kind} ({tokenizer.VocabSize:N0} tokens)",
-            TokenizerProblem: problem,
-            BosToken: tokenizer?.BosToken,
-            EosToken: tokenizer?.EosToken,
-            PadToken: tokenizer?.PadToken,
-            PadIsEos: tokenizer?.PadIsEos ?? false,
-            DefaultTemplate: tokenizer is null ? PromptTemplates.StackLlama.Name : PromptTemplates.DefaultFor(tokenizer, config.ModelType).Name);
+        catch (TokenizerLoadException e) { tokenizerError = e.Message; }
+        var template = tokenizer is null ? PromptTemplates.StackLlama : PromptTemplates.DefaultFor(tokenizer, config.ModelType);
+        return new ModelInspection(Path.GetFullPath(folder), config, counts, dtypes, files, bytes,
+            File.Exists(Path.Combine(folder, "adapter_config.json")), tokenizer, tokenizerError, template.Name);
     }
 }

@@ -73,7 +73,8 @@ public abstract record RlSpec : RunSpec
 {
     protected RlSpec()
     {
-        Training = new TrainingSettings { LearningRate = 3e-6, BatchSize = 8, MaxSteps = 100 };
+        // TRL's PPO/RLOO step their scheduler once per rollout batch with transformers' default, linear decay and no warmup.
+        Training = new TrainingSettings { LearningRate = 3e-6, BatchSize = 8, MaxSteps = 100, Schedule = LrSchedule.Linear, WarmupRatio = 0 };
         Sampling = new SamplingSettings { Temperature = 0.7, MaxNewTokens = 53 };
         Checkpoints = new CheckpointSettings { BestMetric = MetricNames.ObjectiveScores, LowerIsBetter = false, EvalSteps = 10, SaveSteps = 25 };
     }
@@ -152,12 +153,15 @@ public sealed record RlooSpec : RlSpec
 {
     protected override TrainingMethod Kind => TrainingMethod.Rloo;
 
-    /// <summary>Samples per prompt (rloo_k / num_generations).</summary>
+    /// <summary>Samples per prompt (rloo_k / num_generations). training.batchSize counts responses: batchSize / rlooK prompts per step.</summary>
     public int RlooK { get; init; } = 4;
+    /// <summary>Normalise the advantages of each batch to mean 0, std 1 (normalize_advantage).</summary>
+    public bool NormalizeAdvantage { get; init; } = false;
 
     protected override void ValidateRl(SpecErrors e)
     {
         if (RlooK < 2 || RlooK > 64) e.Add("rlooK", "must be between 2 and 64");
+        else if (Training.BatchSize % RlooK != 0) e.Add("training.batchSize", "must be a multiple of rlooK (responses per step; each prompt is sampled rlooK times)");
     }
 }
 

@@ -144,6 +144,16 @@ public static class TrainingJobs
 {
     private static readonly Dictionary<TrainingMethod, Func<RunSpec, ITrainingJob>> Factories = new();
 
+    // The engine's own trainers register here, so that any host gets them by touching this class.
+    static TrainingJobs()
+    {
+        Register(TrainingMethod.Sft, _ => new Trainers.SftJob());
+        Register(TrainingMethod.Reward, _ => new Trainers.RewardJob());
+        Register(TrainingMethod.Ppo, spec => new Trainers.Rl.PpoJob((PpoSpec)spec));
+        Register(TrainingMethod.Rloo, spec => new Trainers.Rl.RlooJob((RlooSpec)spec));
+        Register(TrainingMethod.Dpo, _ => new Trainers.Dpo.DpoJob());
+    }
+
     /// <summary>Registers the job for a method (called once by each trainer's module initialiser).</summary>
     public static void Register(TrainingMethod method, Func<RunSpec, ITrainingJob> factory)
     {

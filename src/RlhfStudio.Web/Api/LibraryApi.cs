@@ -126,7 +126,7 @@ public static class LibraryApi
     private static async Task<Ok<ModelsResponse>> ListModels(ModelLibrary library, CancellationToken cancel) =>
         TypedResults.Ok(new ModelsResponse(await library.ListAsync(cancel), ModelLibrary.Presets));
 
-    public sealed record ModelDetail(ModelRecord Record, ModelSummary? Summary, string? Problem);
+    public sealed record ModelDetail(ModelRecord Record, ModelInspection? Summary, string? Problem);
 
     private static async Task<Results<Created<ModelDetail>, ProblemHttpResult>> RegisterModel(RegisterRequest request, ModelLibrary library, CancellationToken cancel)
     {

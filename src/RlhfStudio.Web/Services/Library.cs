@@ -169,21 +169,21 @@ public sealed class ModelLibrary(IDbContextFactory<StudioDbContext> dbFactory, I
 
     public static IReadOnlyList<PresetInfo> Presets => PresetList.Value;
 
-    public async Task<(ModelRecord Record, ModelSummary Summary)> RegisterAsync(string name, string path, CancellationToken cancel = default)
+    public async Task<(ModelRecord Record, ModelInspection Summary)> RegisterAsync(string name, string path, CancellationToken cancel = default)
     {
         if (string.IsNullOrWhiteSpace(name) || name.Length > 100) throw new LibraryException("The name is refused", ["give a name of 1 to 100 characters"]);
         string real;
         try { real = PathGuard.EnsureUnder(path, options.Value.ModelRoots, "model"); }
         catch (Exception e) when (e is UnauthorizedAccessException or ArgumentException or IOException) { throw new LibraryException("The model path is refused", [e.Message]); }
-        ModelSummary summary;
+        ModelInspection summary;
         try { summary = await Task.Run(() => ModelInspection.Inspect(real), cancel); }
         catch (ModelLoadException e) { throw new LibraryException("The model cannot be used", [e.Message]); }
         await using var db = await dbFactory.CreateDbContextAsync(cancel);
         if (await db.Models.AnyAsync(m => m.Name == name, cancel)) throw new LibraryException("The model is refused", [$"a model named \"{name}\" is already registered"]);
         var record = new ModelRecord
         {
-            Name = name, Path = real, Architecture = summary.Architecture, Parameters = summary.Parameters,
-            Tokenizer = summary.Tokenizer ?? $"unusable: {summary.TokenizerProblem}", CreatedAt = DateTimeOffset.UtcNow,
+            Name = name, Path = real, Architecture = summary.Architecture, Parameters = summary.Parameters.Total,
+            Tokenizer = summary.TokenizerSummary ?? $"unusable: {summary.TokenizerError}", CreatedAt = DateTimeOffset.UtcNow,
         };
         db.Models.Add(record);
         await db.SaveChangesAsync(cancel);

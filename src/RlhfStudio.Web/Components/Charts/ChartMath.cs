@@ -68,6 +68,17 @@ public static class ChartMath
         return v.ToString("0.#e0");
     }
 
+    /// <summary>Labels for a set of ticks: the compact <see cref="Label(double)"/> when that tells them apart, else as many
+    /// decimals as the tick spacing needs (a loss moving between 6.0201 and 6.0209 must not read "6.02" five times).</summary>
+    public static List<string> TickLabels(IReadOnlyList<double> ticks)
+    {
+        var compact = ticks.Select(Label).ToList();
+        if (ticks.Count < 2 || compact.Distinct().Count() == compact.Count) return compact;
+        double step = Math.Abs(ticks[1] - ticks[0]);
+        int decimals = Math.Clamp((int)Math.Ceiling(-Math.Log10(step)), 0, 12);
+        return ticks.Select(t => t.ToString("F" + decimals, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+    }
+
     /// <summary>Seconds as m:ss or h:mm for a time axis.</summary>
     public static string Duration(double seconds) =>
         seconds < 3600 ? $"{(int)(seconds / 60)}:{(int)(seconds % 60):00}" : $"{(int)(seconds / 3600)}h{(int)(seconds % 3600 / 60):00}";

@@ -16,6 +16,17 @@ public static class MetricGroups
     public static IEnumerable<string> Sort(IEnumerable<string> names) =>
         names.OrderBy(n => Array.IndexOf(Order, n) is var i && i >= 0 ? i : Order.Length).ThenBy(n => n, StringComparer.Ordinal);
 
+    /// <summary>The section a metric belongs to: its prefix as TRL logs it ("train", "eval", "objective", "policy",
+    /// "rewards", "logps", "loss", "val"), or "other" for names without one.</summary>
+    public static string GroupOf(string name)
+    {
+        int slash = name.IndexOf('/');
+        return slash > 0 ? name[..slash] : "other";
+    }
+
+    /// <summary>The groups present, in the order their first metric sorts.</summary>
+    public static IReadOnlyList<string> Groups(IEnumerable<string> names) => Sort(names).Select(GroupOf).Distinct().ToList();
+
     /// <summary>Distinct colours for series; run i of a comparison gets colour i.</summary>
     public static readonly string[] Palette = ["#3949ab", "#e53935", "#00897b", "#fb8c00", "#8e24aa", "#6d4c41", "#1e88e5", "#c0ca33", "#d81b60", "#546e7a"];
 }

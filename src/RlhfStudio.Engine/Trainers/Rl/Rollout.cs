@@ -1,0 +1,161 @@
+// One rollout batch (TRL PPOTrainer.train, the no_grad block): prompts -> sampled responses -> log-probabilities of
+// policy and reference, values, scores. Log-probabilities are RECOMPUTED with a forward pass over query + response
+// instead of taken from the sampling loop: the training forward then computes exactly the same function, so the PPO
+// ratio starts at 1 (Huang et al. list the mismatch of generation-time and training-time logits as a pitfall).
+using RlhfStudio.Engine.Generation;
+using RlhfStudio.Engine.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RlhfStudio.Engine.Trainers.Rl;
+
+/// <summary>Everything the optimisation phase needs about a batch of B responses of N positions (device tensors, owned).</summary>
+public sealed class Rollout : IDisposable
+{
+    public required SequenceBatch Batch { get; init; }
+    /// <summary>(B, N) bool: real response tokens (up to and including the stop token that ended each response).</summary>
+    public required Tensor Real { get; init; }
+    /// <summary>(B, N) policy log-probabilities at sampling time, <see cref="Advantages.InvalidLogProb"/> at padding.</summary>
+    public required Tensor LogProbs { get; init; }
+    public required Tensor RefLogProbs { get; init; }
+    /// <summary>(B, N) values of the value model (PPO), 0 at padding.</summary>
+    public Tensor? Values { get; init; }
+    /// <summary>(B) sequence scores after the missing-EOS penalty.</summary>
+    public required Tensor Scores { get; init; }
+    /// <summary>(B) bool: the response ended with a stop token (EOS) rather than by running out of tokens.</summary>
+    public required Tensor EndedWithStop { get; init; }
+    public required IReadOnlyList<string> Prompts { get; init; }
+    public required IReadOnlyList<string> Responses { get; init; }
+    /// <summary>Real response tokens generated.</summary>
+    public long ResponseTokens { get; init; }
+
+    public int Size => (int)Batch.Ids.shape[0];
+
+    public void Dispose()
+    {
+        Batch.Ids.Dispose();
+        Batch.AttentionMask.Dispose();
+        Real.Dispose();
+        LogProbs.Dispose();
+        RefLogProbs.Dispose();
+        Values?.Dispose();
+        Scores.Dispose();
+        EndedWithStop.Dispose();
+    }
+}
+
+/// <summary>How rollouts are sampled.</summary>
+/// <param name="Temperature">Sampling temperature; the log-probabilities use logits / (temperature + 1e-7).</param>
+/// <param name="MaxNewTokens">Response length (TRL response_length).</param>
+/// <param name="StopIds">Tokens that end a response (EOS).</param>
+/// <param name="PadId">Id written after a response's end.</param>
+/// <param name="ForwardBatchSize">Rows per forward pass when recomputing log-probabilities (TRL local_rollout_forward_batch_size).</param>
+/// <param name="MissingEosPenalty">Subtracted from the score of responses without a stop token.</param>
+public sealed record RolloutSettings(double Temperature, int MaxNewTokens, IReadOnlyList<long> StopIds, long PadId, int ForwardBatchSize, double? MissingEosPenalty);
+
+public static class RolloutSampler
+{
+    /// <summary>Samples responses with the policy (seeded by <paramref name="seed"/>) and returns the left-padded prompts
+    /// followed by the truncated responses, and the real-token mask of the responses.</summary>
+    public static (SequenceBatch Batch, Tensor Real) Sample(CausalLanguageModel model, IReadOnlyList<RlPrompt> prompts, RolloutSettings settings, long seed,
+        CancellationToken cancel = default)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var (ids, mask) = PromptBatch.LeftPad(prompts.Select(p => p.Ids).ToList(), settings.PadId, model.Device);
+        var generation = new GenerationSettings
+        {
+            MaxNewTokens = settings.MaxNewTokens,
+            Temperature = settings.Temperature,
+            Seed = seed,
+            EosTokenIds = settings.StopIds,
+            PadTokenId = settings.PadId,
+        };
+        using var result = TextGenerator.Generate(model, ids, mask, generation, cancel: cancel);
+        var (responses, real) = ResponseMasks.TruncateAfterStop(result.ResponseIds, settings.StopIds, settings.PadId);
+        var batch = new SequenceBatch(torch.cat([ids, responses], 1).DetachFromDisposeScope(),
+            torch.cat([mask.to(ScalarType.Bool), real], 1).DetachFromDisposeScope(), ids.shape[1]);
+        return (batch, real.DetachFromDisposeScope());
+    }
+
+    /// <summary>A full rollout: sampling, decoding, policy and reference log-probabilities, values and scores.</summary>
+    public static Rollout Collect(RlModels models, IReadOnlyList<RlPrompt> prompts, RolloutSettings settings, long seed, CancellationToken cancel = default)
+    {
+        models.SetEvalMode();
+        var (batch, real) = Sample(models.Policy, prompts, settings, seed, cancel);
+        try
+        {
+            return Score(models, prompts, batch, real, settings);
+        }
+        catch
+        {
+            batch.Ids.Dispose();
+            batch.AttentionMask.Dispose();
+            real.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The rollout of given sequences (takes ownership of <paramref name="batch"/> and <paramref name="real"/>).</summary>
+    public static Rollout Score(RlModels models, IReadOnlyList<RlPrompt> prompts, SequenceBatch batch, Tensor real, RolloutSettings settings)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var responses = Decode(models, batch.Responses, real);
+        var logProbs = new List<Tensor>();
+        var refLogProbs = new List<Tensor>();
+        var values = new List<Tensor>();
+        var scores = new List<Tensor>();
+        long b = batch.Ids.shape[0];
+        for (long start = 0; start < b; start += settings.ForwardBatchSize)
+        {
+            long count = Math.Min(settings.ForwardBatchSize, b - start);
+            var chunk = new SequenceBatch(batch.Ids.narrow(0, start, count), batch.AttentionMask.narrow(0, start, count), batch.PromptLength);
+            var chunkReal = real.narrow(0, start, count);
+            logProbs.Add(SequenceForward.ResponseLogProbs(models.Policy, chunk, chunkReal, settings.Temperature));
+            using (models.UseReference(out var reference))
+                refLogProbs.Add(SequenceForward.ResponseLogProbs(reference, chunk, chunkReal, settings.Temperature));
+            if (models.Value is not null) values.Add(SequenceForward.ResponseValues(models.Value, chunk, chunkReal));
+            var rows = Enumerable.Range((int)start, (int)count).ToList();
+            scores.Add(models.Scorer.Score(chunk, rows.Select(i => prompts[i].Text).ToList(), rows.Select(i => responses[i]).ToList()));
+        }
+        var stopTensor = torch.tensor(settings.StopIds.ToArray(), dtype: ScalarType.Int64, device: batch.Ids.device);
+        var last = ResponseMasks.LastRealIndex(real).clamp_min(0).unsqueeze(1);
+        var ended = batch.Responses.gather(1, last).squeeze(1).isin(stopTensor).logical_and(real.any(-1));
+        var score = torch.cat(scores, 0).to(ScalarType.Float32);
+        // TRL missing_eos_penalty: a response that never stopped is scored lower, so that the policy learns to finish.
+        if (settings.MissingEosPenalty is double penalty) score = score - ended.logical_not().to(ScalarType.Float32) * penalty;
+        long tokens = real.sum().item<long>();
+        return new Rollout
+        {
+            Batch = batch,
+            Real = real,
+            LogProbs = torch.cat(logProbs, 0).DetachFromDisposeScope(),
+            RefLogProbs = torch.cat(refLogProbs, 0).DetachFromDisposeScope(),
+            Values = models.Value is null ? null : torch.cat(values, 0).DetachFromDisposeScope(),
+            Scores = score.DetachFromDisposeScope(),
+            EndedWithStop = ended.DetachFromDisposeScope(),
+            Prompts = prompts.Select(p => p.Text).ToList(),
+            Responses = responses,
+            ResponseTokens = tokens,
+        };
+    }
+
+    /// <summary>The real tokens of each response as text, special tokens (the EOS) removed.</summary>
+    public static IReadOnlyList<string> Decode(RlModels models, Tensor responses, Tensor real)
+    {
+        using var scope = NewDisposeScope();
+        long b = responses.shape[0], n = responses.shape[1];
+        var ids = responses.cpu().data<long>().ToArray();
+        var mask = real.cpu().data<bool>().ToArray();
+        var texts = new List<string>((int)b);
+        for (long r = 0; r < b; r++)
+        {
+            var row = new List<int>();
+            for (long c = 0; c < n; c++)
+                if (mask[r * n + c]) row.Add((int)ids[r * n + c]);
+            texts.Add(models.Tokenizer.Decode(row));
+        }
+        return texts;
+    }
+}

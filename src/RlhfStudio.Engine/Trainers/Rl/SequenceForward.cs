@@ -1,0 +1,78 @@
+// Forward passes over query + response (TRL trl/trainer/utils.py forward / get_reward and the logprob lines of
+// PPOTrainer), with an explicit attention mask: left padding of the prompt and padding after each response's end
+// are masked, whatever their ids. Positions are cumsum(mask) - 1, as TRL's exclusive cumsum gives real tokens.
+using RlhfStudio.Engine.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace RlhfStudio.Engine.Trainers.Rl;
+
+/// <summary>A batch of query + response sequences: ids (B, P + N), attention mask (B, P + N) and the response part.</summary>
+public sealed record SequenceBatch(Tensor Ids, Tensor AttentionMask, long PromptLength)
+{
+    public long ResponseLength => Ids.shape[1] - PromptLength;
+    public Tensor Responses => Ids.narrow(1, PromptLength, ResponseLength);
+}
+
+public static class SequenceForward
+{
+    /// <summary>Logits (B, N, V) fp32 that predicted each response token, divided by (temperature + 1e-7) as TRL does
+    /// (the sampling distribution). Only the N positions that predict response tokens go through the LM head.</summary>
+    public static Tensor ResponseLogits(CausalLanguageModel model, SequenceBatch batch, double temperature)
+    {
+        using var scope = NewDisposeScope();
+        var hidden = model.Hidden(batch.Ids, batch.AttentionMask);                               // (B, P+N, C)
+        var predicting = hidden.narrow(1, batch.PromptLength - 1, batch.ResponseLength);        // (B, N, C)
+        var logits = model.Logits(predicting).to(ScalarType.Float32);
+        return logits.div(temperature + 1e-7).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>log_softmax(logits) at each chosen token (TRL selective_log_softmax): (B, N, V), (B, N) -> (B, N).</summary>
+    public static Tensor LogProbsOf(Tensor logits, Tensor tokens)
+    {
+        using var scope = NewDisposeScope();
+        return F.log_softmax(logits, -1).gather(2, tokens.unsqueeze(-1)).squeeze(-1).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Entropy of the distribution at each position: logsumexp(l) - sum(softmax(l) * l) (TRL entropy_from_logits).</summary>
+    public static Tensor Entropy(Tensor logits)
+    {
+        using var scope = NewDisposeScope();
+        var p = logits.softmax(-1);
+        return (logits.logsumexp(-1) - (p * logits).sum(-1)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Log-probabilities (B, N) of the response tokens under <paramref name="model"/>, <see cref="Advantages.InvalidLogProb"/>
+    /// where <paramref name="real"/> is false.</summary>
+    public static Tensor ResponseLogProbs(CausalLanguageModel model, SequenceBatch batch, Tensor real, double temperature)
+    {
+        using var scope = NewDisposeScope();
+        var logits = ResponseLogits(model, batch, temperature);
+        return LogProbsOf(logits, batch.Responses).masked_fill(real.logical_not(), Advantages.InvalidLogProb).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Per-token values (B, N) fp32 of the states before each response token (TRL: value[:, P - 1 : -1]), 0 where
+    /// <paramref name="real"/> is false.</summary>
+    public static Tensor ResponseValues(ScoreModel valueModel, SequenceBatch batch, Tensor real)
+    {
+        using var scope = NewDisposeScope();
+        var hidden = valueModel.Hidden(batch.Ids, batch.AttentionMask);
+        var predicting = hidden.narrow(1, batch.PromptLength - 1, batch.ResponseLength);
+        var values = valueModel.Scores(predicting).squeeze(-1).to(ScalarType.Float32);
+        return values.masked_fill(real.logical_not(), 0.0).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Reward-model scores (B) fp32 pooled at each sequence's last real token (the EOS that ended a response is a
+    /// real token: the reward model was trained on completions that end with it).</summary>
+    public static Tensor SequenceScores(ScoreModel rewardModel, SequenceBatch batch)
+    {
+        using var scope = NewDisposeScope();
+        var hidden = rewardModel.Hidden(batch.Ids, batch.AttentionMask);                         // (B, T, C)
+        long t = batch.Ids.shape[1];
+        var index = torch.arange(t, dtype: ScalarType.Int64, device: batch.Ids.device).unsqueeze(0);
+        var last = (index * batch.AttentionMask.to(ScalarType.Int64)).argmax(-1);              // (B) last real position
+        var gathered = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[2]));   // (B, 1, C)
+        return rewardModel.Scores(gathered).squeeze(1).select(-1, 0).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+}

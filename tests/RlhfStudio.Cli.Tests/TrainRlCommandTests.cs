@@ -1,0 +1,24 @@
+using RlhfStudio.Engine.IO;
+
+namespace RlhfStudio.Cli.Tests;
+
+public class TrainRlCommandTests(TinyTrainingFolder folder) : IClassFixture<TinyTrainingFolder>
+{
+    [Theory]
+    [InlineData("ppo", ", \"numPpoEpochs\": 1, \"reward\": { \"builtin\": \"arithmetic\" }")]
+    [InlineData("rloo", ", \"numPpoEpochs\": 1, \"rlooK\": 2, \"reward\": { \"builtin\": \"arithmetic\" }")]
+    public void Rl_runs_from_the_command_line_with_rl_metrics_samples_and_a_final_model(string method, string extra)
+    {
+        var output = folder.Path2($"{method}-out");
+        var run = CliRun.Of("train", method, "--config", folder.Config($"{method}.json", method, folder.Model, maxSteps: 2, extra: extra), "--output", output);
+        Assert.True(run.ExitCode == 0, run.Error + run.Out);
+        Assert.Contains("step 1/2  score ", run.Out);
+        Assert.Contains(" kl 0 ", run.Out);            // the first rollout comes from the reference's own weights
+        Assert.Contains("rollout samples at step 1", run.Out);
+        Assert.Contains(" vs ", run.Out);              // each sample shows the reference's answer too
+        var final = Path.Combine(output, "final");
+        Assert.Contains($"final model in {final}", run.Out);
+        using var model = ModelLoader.Load(final);
+        Assert.Equal(2, model.Config.NumHiddenLayers);
+    }
+}

@@ -1,0 +1,164 @@
+using RlhfStudio.Engine.Adapters;
+using RlhfStudio.Engine.Jobs;
+using RlhfStudio.Engine.Trainers.Rl;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RlhfStudio.Engine.Tests.Rl;
+
+public class PpoStepTests
+{
+    private static PpoObjective Ppo() => new(vfCoef: 0.1, clipRange: 0.2, clipRangeValue: 0.2, gamma: 1, lam: 0.95, whitenRewards: false);
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void First_minibatch_has_ratio_one_no_approx_kl_and_no_clipping(bool lora)
+    {
+        using var models = RlTestKit.Models(lora);
+        using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2), seed: 11);
+        using var ppo = Ppo();
+        ppo.Prepare(rollout, klCoef: 0.05);
+        // A permuted micro-batch of the same size as the rollout's forward chunks, as the first PPO update sees it.
+        using var rows = torch.tensor(new long[] { 3, 0 });
+        var (loss, stats) = ppo.Loss(models, rollout, rows, temperature: 0.7);
+        loss.Dispose();
+        Assert.Equal(1.0, stats.Ratio, 6);
+        Assert.True(stats.ApproxKl < 1e-10, $"approx KL {stats.ApproxKl}");
+        Assert.Equal(0.0, stats.ClipFraction);
+        Assert.Equal(0.0, stats.ValueClipFraction);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Kl_is_zero_when_the_policy_equals_the_reference(bool lora)
+    {
+        using var models = RlTestKit.Models(lora);
+        using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(), seed: 2);
+        Assert.True(rollout.LogProbs.eq(rollout.RefLogProbs).all().item<bool>());
+        using var ppo = Ppo();
+        var metrics = ppo.Prepare(rollout, klCoef: 0.05);
+        Assert.Equal(0.0, metrics[MetricNames.ObjectiveKl]);
+        Assert.Equal(0.0, metrics[MetricNames.ObjectiveNonScoreReward]);
+
+        // Any change to the LoRA B matrices (or to the policy copy) makes the policy differ from the reference.
+        using (no_grad())
+        {
+            if (lora) foreach (var (_, p) in Lora.AdapterParameters(models.Policy)) p.add_(0.05);
+            else foreach (var p in models.Policy.parameters()) p.mul_(1.05);
+        }
+        using var moved = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(), seed: 2);
+        Assert.False(moved.LogProbs.eq(moved.RefLogProbs).all().item<bool>());
+    }
+
+    [Fact]
+    public void Padding_after_the_end_never_changes_the_losses()
+    {
+        using var models = RlTestKit.Models(lora: true);
+        var prompts = RlTestKit.Prompts(4);
+        var settings = RlTestKit.Settings(forwardBatch: 4);
+        var (batch, real) = RolloutSampler.Sample(models.Policy, prompts, settings, seed: 4);
+        long b = batch.Ids.shape[0], extra = 3;
+        var paddedBatch = new SequenceBatch(
+            torch.cat([batch.Ids, torch.full([b, extra], settings.PadId, dtype: ScalarType.Int64)], 1),
+            torch.cat([batch.AttentionMask, torch.zeros([b, extra], dtype: ScalarType.Bool)], 1), batch.PromptLength);
+        var paddedReal = torch.cat([real, torch.zeros([b, extra], dtype: ScalarType.Bool)], 1);
+
+        using var plain = RolloutSampler.Score(models, prompts, batch, real, settings);
+        using var padded = RolloutSampler.Score(models, prompts, paddedBatch, paddedReal, settings);
+        using var ppo1 = Ppo();
+        using var ppo2 = Ppo();
+        var m1 = ppo1.Prepare(plain, 0.05);
+        var m2 = ppo2.Prepare(padded, 0.05);
+        Assert.Equal(m1[MetricNames.ObjectiveScores], m2[MetricNames.ObjectiveScores], 6);
+        Assert.Equal(m1[MetricNames.ObjectiveEntropy], m2[MetricNames.ObjectiveEntropy], 4);
+        using var rows = torch.tensor(new long[] { 0, 1, 2, 3 });
+        var (l1, s1) = ppo1.Loss(models, plain, rows, 0.7);
+        var (l2, s2) = ppo2.Loss(models, padded, rows, 0.7);
+        Assert.Equal(l1.item<float>(), l2.item<float>(), 4);
+        Assert.Equal(s1.PolicyLoss, s2.PolicyLoss, 4);
+        Assert.Equal(s1.ValueLoss, s2.ValueLoss, 4);
+        Assert.Equal(s1.Entropy, s2.Entropy, 4);
+        Assert.True(ppo2.Advantages!.narrow(1, plain.Real.shape[1], extra).eq(0).all().item<bool>());
+        l1.Dispose();
+        l2.Dispose();
+    }
+
+    [Fact]
+    public void Missing_eos_penalty_lowers_only_responses_without_eos()
+    {
+        using var models = RlTestKit.Models(lora: true, withValue: false);
+        var prompts = RlTestKit.Prompts(2);
+        long eos = RlTestKit.Tokenizer.EosId!.Value, pad = RlTestKit.Tokenizer.PadId!.Value;
+        long four = RlTestKit.Tokenizer.Encode("4")[0];
+        (SequenceBatch, Tensor) Handmade()
+        {
+            var (ids, mask) = RlhfStudio.Engine.Generation.PromptBatch.LeftPad(prompts.Select(p => p.Ids).ToList(), pad);
+            // Row 0 says "44" and stops; row 1 says "4444" and runs out of tokens.
+            var responses = torch.tensor(new[] { four, four, eos, pad, four, four, four, four }, [2, 4]);
+            var real = torch.tensor(new[] { true, true, true, false, true, true, true, true }, [2, 4]);
+            return (new SequenceBatch(torch.cat([ids, responses], 1), torch.cat([mask.to(ScalarType.Bool), real], 1), ids.shape[1]), real);
+        }
+        var (b1, r1) = Handmade();
+        var (b2, r2) = Handmade();
+        using var without = RolloutSampler.Score(models, prompts, b1, r1, RlTestKit.Settings());
+        using var with = RolloutSampler.Score(models, prompts, b2, r2, RlTestKit.Settings(missingEosPenalty: 2.0));
+        Assert.Equal([true, false], without.EndedWithStop.data<bool>().ToArray());
+        var s0 = without.Scores.data<float>().ToArray();
+        var s1 = with.Scores.data<float>().ToArray();
+        Assert.Equal(s0[0], s1[0]);
+        Assert.Equal(s0[1] - 2.0, s1[1], 5);
+    }
+
+    [Theory]
+    [InlineData(AdapterKind.Lora)]
+    [InlineData(AdapterKind.Full)]
+    public void A_ppo_step_changes_only_trainable_parameters_and_reports_finite_metrics(AdapterKind kind)
+    {
+        bool lora = kind == AdapterKind.Lora;
+        using var models = RlTestKit.Models(lora);
+        var spec = RlTestKit.PpoSpec(maxSteps: 1, adapter: kind);
+        var before = Snapshot(models);
+        var reporter = new RlRecorder();
+        var output = RlTestKit.TempDir();
+        var trainer = new RlTrainer(new RunContext(spec, output, reporter, CancellationToken.None), models,
+            PromptSet.Of(RlTestKit.Prompts(8)), Ppo());
+        var outcome = trainer.Run();
+        Assert.Equal(RunEndState.Completed, outcome.State);
+
+        var after = Snapshot(models);
+        var trainable = models.TrainableParameters().Select(p => p.Name).ToHashSet();
+        Assert.NotEmpty(trainable);
+        foreach (var (name, value) in before)
+        {
+            bool changed = !value.eq(after[name]).all().item<bool>();
+            if (trainable.Contains(name)) Assert.True(changed, $"{name} is trainable but did not change");
+            else Assert.False(changed, $"{name} is frozen but changed");
+        }
+        if (!lora) Assert.Contains(before.Keys, k => k.StartsWith("reference.", StringComparison.Ordinal));
+
+        var metrics = reporter.At(1);
+        foreach (var name in new[] { MetricNames.ObjectiveKl, MetricNames.ObjectiveEntropy, MetricNames.ObjectiveScores, MetricNames.ObjectiveRlhfReward,
+                     MetricNames.PolicyApproxKl, MetricNames.PolicyClipFrac, MetricNames.LossPolicy, MetricNames.LossValue, MetricNames.ValueClipFrac,
+                     MetricNames.ValueRatio, MetricNames.PolicyEntropy, MetricNames.LearningRate, MetricNames.Episode, MetricNames.NumEosTokens,
+                     MetricNames.TokensPerSecond, RlTrainer.PeakMemoryMetric })
+            Assert.True(metrics.TryGetValue(name, out var v) && double.IsFinite(v), $"{name} missing or not finite");
+        Assert.Equal(4, metrics[MetricNames.Episode]);
+        Assert.Equal(0.0, metrics[MetricNames.ObjectiveKl]);   // the first rollout comes from the starting weights
+        Assert.True(metrics[RlTrainer.PeakMemoryMetric] > 0);
+        var samples = Assert.Single(reporter.SampleLog);
+        Assert.All(samples.Rows, r => Assert.NotNull(r.Reference));
+        Directory.Delete(output, recursive: true);
+        foreach (var t in before.Values.Concat(after.Values)) t.Dispose();
+    }
+
+    private static Dictionary<string, Tensor> Snapshot(RlModels models)
+    {
+        var all = new Dictionary<string, Tensor>();
+        foreach (var (name, p) in models.Policy.named_parameters()) all["policy." + name] = p.detach().clone();
+        foreach (var (name, p) in models.Value!.named_parameters()) all["value." + name] = p.detach().clone();
+        foreach (var (name, p) in models.ReferenceCopy?.named_parameters() ?? []) all["reference." + name] = p.detach().clone();
+        return all;
+    }
+}

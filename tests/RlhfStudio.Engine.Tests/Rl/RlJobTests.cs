@@ -1,0 +1,114 @@
+using RlhfStudio.Engine.Adapters;
+using RlhfStudio.Engine.IO;
+using RlhfStudio.Engine.Jobs;
+using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Trainers.Rl;
+using RlhfStudio.Engine.Training;
+
+namespace RlhfStudio.Engine.Tests.Rl;
+
+public class RlJobTests
+{
+    private static (RunOutcome Outcome, RlRecorder Reporter) Run(RunSpec spec, string output, long? cancelAfter = null, string? resumeFrom = null)
+    {
+        var reporter = new RlRecorder { CancelAfterStep = cancelAfter };
+        var job = TrainingJobs.Create(spec);
+        var outcome = job.Run(new RunContext(spec, output, reporter, reporter.Cancellation.Token, resumeFrom));
+        return (outcome, reporter);
+    }
+
+    [Fact]
+    public void Ppo_and_rloo_are_registered()
+    {
+        Assert.True(TrainingJobs.IsAvailable(TrainingMethod.Ppo));
+        Assert.True(TrainingJobs.IsAvailable(TrainingMethod.Rloo));
+        Assert.IsType<PpoJob>(TrainingJobs.Create(RlTestKit.PpoSpec()));
+    }
+
+    [Fact]
+    public void Resume_continues_the_curve_and_cancellation_leaves_a_loadable_checkpoint()
+    {
+        var spec = RlTestKit.PpoSpec(maxSteps: 3, epochs: 1) with { Checkpoints = RlTestKit.PpoSpec().Checkpoints with { SaveSteps = 0 }, KlCoef = 0.2 };
+        var straightDir = RlTestKit.TempDir();
+        var (straight, full) = Run(spec, straightDir);
+        Assert.Equal(RunEndState.Completed, straight.State);
+        Assert.Contains(full.Events, e => e.Code == RlSetup.PresetReferenceWarning);
+
+        var dir = RlTestKit.TempDir();
+        var (cancelled, first) = Run(spec, dir, cancelAfter: 2);
+        Assert.Equal(RunEndState.Cancelled, cancelled.State);
+        var checkpoint = Checkpoints.Open(cancelled.LastCheckpoint!);
+        Assert.Equal(2, checkpoint.Step);
+        // The checkpoint is a PEFT adapter folder (plus the value model's) that loads onto the starting model.
+        using (var model = ModelPresets.Create("tiny", RlTestKit.Tokenizer.VocabSize, seed: spec.Seed))
+        {
+            Lora.Load(model, checkpoint.Path);
+            Assert.NotEmpty(Lora.AdapterParameters(model));
+        }
+        Assert.True(File.Exists(Path.Combine(checkpoint.Path, RlCheckpoint.ValueFolder, Lora.WeightsFileName)));
+        Assert.Equal(2, RlState.Load(checkpoint.Path).Step);
+
+        var (resumed, second) = Run(spec, dir, resumeFrom: checkpoint.Path);
+        Assert.Equal(RunEndState.Completed, resumed.State);
+        Assert.DoesNotContain(second.MetricLog, m => m.Step <= 2);
+        foreach (long step in new long[] { 3 })
+            foreach (var name in new[] { MetricNames.ObjectiveKl, MetricNames.ObjectiveScores, MetricNames.LossPolicy, MetricNames.LossValue,
+                         MetricNames.PolicyApproxKl, MetricNames.Episode, MetricNames.LearningRate })
+                Assert.Equal(full.At(step)[name], second.At(step)[name], 9);
+        Assert.True(full.At(3)[MetricNames.ObjectiveKl] != 0, "the policy moved away from the reference");
+        Assert.True(Directory.Exists(resumed.FinalModel));
+        using (var final = ModelLoader.Load(resumed.FinalModel!)) Assert.False(final.HasUnmergedAdapters);
+        Directory.Delete(straightDir, recursive: true);
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [Fact]
+    public void Rloo_job_trains_with_k_samples_per_prompt()
+    {
+        var ppo = RlTestKit.PpoSpec(maxSteps: 2, adapter: AdapterKind.Full, epochs: 1, miniBatches: 1);
+        var spec = new RlooSpec
+        {
+            Model = ppo.Model, Precision = ppo.Precision, Seed = ppo.Seed, MaxLength = ppo.MaxLength, Training = ppo.Training,
+            Dataset = ppo.Dataset, Adapter = ppo.Adapter, Sampling = ppo.Sampling, Checkpoints = ppo.Checkpoints with { SaveSteps = 0 }, RlooK = 2, NumPpoEpochs = 1,
+        };
+        var dir = RlTestKit.TempDir();
+        var (outcome, reporter) = Run(spec, dir);
+        Assert.True(outcome.State == RunEndState.Completed, outcome.Message);
+        var metrics = reporter.At(2);
+        Assert.Equal(8, metrics[MetricNames.Episode]);
+        // One epoch, one mini-batch: the only update sees ratio 1 (REINFORCE with the leave-one-out baseline).
+        Assert.Equal(1.0, metrics[MetricNames.ValueRatio], 6);
+        Assert.Equal(0.0, metrics[MetricNames.PolicyClipFrac]);
+        Assert.False(metrics.ContainsKey(MetricNames.LossValue));
+        Assert.All(metrics.Values, v => Assert.True(double.IsFinite(v)));
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [Fact]
+    public void Preflight_refuses_a_reward_model_without_a_score_head_and_uneven_batches()
+    {
+        var dir = RlTestKit.TempDir();
+        var causal = Path.Combine(dir, "causal");
+        using (var model = ModelPresets.Create("tiny", RlTestKit.Tokenizer.VocabSize, seed: 1, eosTokenIds: [RlTestKit.Tokenizer.EosId!.Value]))
+            ModelSaver.Save(model, causal);
+        RlTestKit.Tokenizer.Save(causal);
+
+        var noHead = RlTestKit.PpoSpec() with { Reward = new RewardSource { ModelPath = causal } };
+        var (outcome, _) = Run(noHead, Path.Combine(dir, "a"));
+        Assert.Equal(RunEndState.Failed, outcome.State);
+        Assert.Contains("no score head", outcome.Message);
+
+        var asPolicy = Path.Combine(dir, "rm");
+        using (var rm = ModelLoader.LoadScoreModel(causal)) ModelSaver.Save(rm, asPolicy);
+        var wrongPolicy = RlTestKit.PpoSpec() with { Model = ModelRef.FromPath(asPolicy) };
+        (outcome, _) = Run(wrongPolicy, Path.Combine(dir, "b"));
+        Assert.Equal(RunEndState.Failed, outcome.State);
+        Assert.Contains("not a causal language model", outcome.Message);
+
+        var uneven = RlTestKit.PpoSpec() with { Training = RlTestKit.PpoSpec().Training with { GradientAccumulation = 4 } };
+        (outcome, _) = Run(uneven, Path.Combine(dir, "c"));
+        Assert.Equal(RunEndState.Failed, outcome.State);
+        Assert.Contains("gradientAccumulation", outcome.Message);
+        Directory.Delete(dir, recursive: true);
+    }
+}

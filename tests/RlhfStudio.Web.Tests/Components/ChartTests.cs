@@ -1,0 +1,97 @@
+using Bunit;
+using RlhfStudio.Web.Components.Charts;
+
+namespace RlhfStudio.Web.Tests.Components;
+
+public class ChartTests : BunitContext
+{
+    [Fact]
+    public void Smoothing_is_debiased_so_the_curve_starts_at_the_first_value()
+    {
+        var points = new List<(double, double)> { (0, 10), (1, 0), (2, 0) };
+        var smooth = ChartMath.Smooth(points, 0.5);
+        Assert.Equal(10, smooth[0].Y, 9);
+        // second: (0.5*0.5*10 + 0.5*0) / (1 - 0.25) = 2.5 / 0.75
+        Assert.Equal(2.5 / 0.75, smooth[1].Y, 9);
+        Assert.Equal(points, ChartMath.Smooth(points, 0));
+    }
+
+    [Theory]
+    [InlineData(0, 100, 5, new double[] { 0, 20, 40, 60, 80, 100 })]
+    [InlineData(0.13, 0.87, 4, new double[] { 0.2, 0.4, 0.6, 0.8 })]
+    [InlineData(-3, 3, 3, new double[] { -2, 0, 2 })]
+    public void Ticks_are_multiples_of_1_2_or_5_inside_the_range(double min, double max, int count, double[] expected)
+    {
+        var ticks = ChartMath.Ticks(min, max, count);
+        Assert.Equal(expected.Length, ticks.Count);
+        for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], ticks[i], 9);
+    }
+
+    [Fact]
+    public void Range_pads_by_five_percent_and_widens_a_flat_series()
+    {
+        Assert.Equal((-0.5, 10.5), ChartMath.Range([0, 10, double.NaN]));
+        var (lo, hi) = ChartMath.Range([2, 2]);
+        Assert.True(lo < 2 && hi > 2);
+    }
+
+    [Fact]
+    public void Tick_labels_get_the_decimals_a_narrow_range_needs()
+    {
+        Assert.Equal(["0", "20", "40"], ChartMath.TickLabels([0, 20, 40]));
+        Assert.Equal(["6.020", "6.021", "6.022"], ChartMath.TickLabels([6.020, 6.021, 6.022]));
+        Assert.Equal(["5e-4", "6e-4"], ChartMath.TickLabels([5e-4, 6e-4]));
+    }
+
+    [Fact]
+    public void Histogram_bins_have_nice_edges_and_count_every_value()
+    {
+        var values = new List<double> { 3, 7, 12, 19, 20, 41 };
+        var bins = Histogram.Bins(values, 4);
+        Assert.Equal(values.Count, bins.Sum(b => b.Count));
+        Assert.Equal(0, bins[0].From);
+        Assert.All(bins, b => Assert.Equal(10, b.To - b.From, 9)); // (41-3)/4 = 9.5 -> 10
+        Assert.Equal(2, bins[1].Count); // 12 and 19; 20 falls in [20, 30)
+        Assert.All(Histogram.Bins([5, 5, 6], 20, minWidth: 1), b => Assert.True(b.To - b.From >= 1));
+        Assert.Empty(Histogram.Bins([]));
+    }
+
+    [Fact]
+    public void Line_chart_draws_axes_a_line_per_series_and_a_legend_with_last_values()
+    {
+        var cut = Render<LineChart>(p => p
+            .Add(c => c.Title, "train/loss")
+            .Add(c => c.Series, new[]
+            {
+                new ChartSeries("#1", "#3949ab", [(0, 2.0), (10, 1.0), (20, 0.5)]),
+                new ChartSeries("#2", "#e53935", [(0, 2.5), (10, 1.5)]),
+            })
+            .Add(c => c.XLabel, "step"));
+        Assert.Equal(2, cut.FindAll("path.line").Count);
+        Assert.NotEmpty(cut.FindAll("text.tick"));
+        Assert.Contains("step", cut.Find("text.axis-label").TextContent);
+        var legend = cut.FindAll(".legend-item").Select(e => e.TextContent).ToList();
+        Assert.Contains(legend, l => l.Contains("#1") && l.Contains("0.5"));
+        Assert.Contains(legend, l => l.Contains("#2") && l.Contains("1.5"));
+    }
+
+    [Fact]
+    public void Line_chart_without_points_says_so()
+    {
+        var cut = Render<LineChart>(p => p.Add(c => c.Title, "eval/loss"));
+        Assert.Contains("no points yet", cut.Markup);
+        Assert.Empty(cut.FindAll("svg"));
+    }
+
+    [Fact]
+    public void Bar_chart_draws_one_bar_per_bin_and_the_marker()
+    {
+        var cut = Render<BarChart>(p => p
+            .Add(c => c.Bins, Histogram.Bins([10, 20, 30, 40, 45], 4, minWidth: 1))
+            .Add(c => c.Marker, 32.0)
+            .Add(c => c.MarkerLabel, "maxLength"));
+        Assert.Equal(Histogram.Bins([10, 20, 30, 40, 45], 4, minWidth: 1).Count, cut.FindAll("rect.bar").Count);
+        Assert.Single(cut.FindAll("line.marker"));
+        Assert.Contains("maxLength", cut.Find(".line-chart-legend").TextContent);
+    }
+}
