@@ -48,7 +48,7 @@ foreach (var spec in Suite.All.Where(s => options.Only.Count == 0 || options.Onl
     var childArgs = new List<string> { "--child", spec.Id };
     if (options.Quick) childArgs.Add("--quick");
     var ours = ChildProcess.Run(ChildProcess.Self(childArgs), "ours");
-    var torch = peerError is null ? ChildProcess.Run(PyTorchPeer.Workload(spec.Id, options.Quick), "PyTorch") : null;
+    var torch = peerError is null && spec.HasPeer ? ChildProcess.Run(PyTorchPeer.Workload(spec.Id, options.Quick), "PyTorch") : null;
     Console.Error.WriteLine($"  ours {ours?.Best:N0} {ours?.Unit} (cpu {ours?.CpuShare:F2}, {ours?.Notes}); PyTorch {torch?.Best:N0} (cpu {torch?.CpuShare:F2}, {torch?.Notes})");
     rows.Add(new Comparison(spec, ours, torch, load));
 }
@@ -68,6 +68,12 @@ Console.WriteLine($"  {ModelFlops.Formula}");
 Console.WriteLine("CPU = process CPU time / wall time over the timed repetitions (2.00 = both cores throughout; lower = other processes took CPU).");
 Console.WriteLine("ours bf16 = fp32 master weights with bf16 compute; PyTorch bf16 = torch.autocast(\"cpu\", bfloat16) for training, a bf16 copy of the model for generation.");
 Console.WriteLine($"load average after: {loadAfter}");
+Console.WriteLine();
+foreach (var r in rows.Where(r => r.Ours?.Phases is not null))
+{
+    Console.WriteLine($"{r.Spec.Id} phases (ms):");
+    foreach (var (phase, ms) in r.Ours!.Phases!) Console.WriteLine($"  {phase}: {ms:F0}");
+}
 Console.WriteLine();
 var targets = Report.Targets(rows, peaks);
 foreach (var t in targets) Console.WriteLine(t);

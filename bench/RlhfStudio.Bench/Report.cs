@@ -72,6 +72,11 @@ internal static class Report
         else lines.Add("?    25M training MFU: not measured");
         Ratio("generate-tiny", "tiny generation, best mode vs best mode", 1.5);
         Ratio("generate-25M", "25M generation, best mode vs best mode", 1.5);
+        if (rows.FirstOrDefault(r => r.Spec.Kind == "ppo")?.Ours?.Phases is { } phases)
+        {
+            double ratio = phases["rollout (best)"] / phases["  pure generation, same prompts and settings (best)"];
+            lines.Add($"{(ratio <= 1.2 ? "PASS" : "FAIL")} PPO rollout phase / pure generation at the same size = {ratio:F2}x (target <= 1.2x)");
+        }
         return lines;
     }
 

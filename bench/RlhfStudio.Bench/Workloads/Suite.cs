@@ -6,6 +6,9 @@ public sealed record WorkloadSpec(string Kind, string Config, string DType)
 {
     public string Id => Kind == "matmul" ? $"matmul-{DType}" : $"{Kind}-{Config}-{DType}";
 
+    /// <summary>Whether bench/pytorch/bench.py has this workload (a PPO step needs TRL, which is not installed here).</summary>
+    public bool HasPeer => Kind != "ppo";
+
     /// <summary>Rows that "best mode" comparisons pick from: the same kind and config, any dtype.</summary>
     public string Family => Kind == "matmul" ? "matmul" : $"{Kind}-{Config}";
 }
@@ -23,8 +26,7 @@ public static class Suite
         .. BenchConfig.All.SelectMany(c => DTypeNames.Select(d => new WorkloadSpec("generate", c.Name, d))),
         .. DTypeNames.Select(d => new WorkloadSpec("reward", "tiny", d)),
         .. DTypeNames.Select(d => new WorkloadSpec("dpo", "tiny", d)),
-        // PPO: "a full PPO step on the tiny config with its time split by phase" belongs here once the PPO trainer
-        // (src/RlhfStudio.Engine/Trainers/Rl/, branch engine-ppo) is on main; it must drive the real trainer's step.
+        new WorkloadSpec("ppo", "tiny", "bf16"),
     ];
 
     public static WorkloadSpec Find(string id) =>
@@ -42,6 +44,7 @@ public static class Suite
             "generate" => Generate.Run(spec.Id, BenchConfig.Find(spec.Config), dtype, reps),
             "reward" => RewardStep.Run(spec.Id, BenchConfig.Find(spec.Config), dtype, reps),
             "dpo" => DpoStep.Run(spec.Id, BenchConfig.Find(spec.Config), dtype, reps),
+            "ppo" => PpoStep.Run(spec.Id, dtype, quick ? 2 : 3),
             _ => throw new ArgumentException($"unknown workload kind \"{spec.Kind}\""),
         };
     }

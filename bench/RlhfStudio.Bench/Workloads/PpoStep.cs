@@ -1,0 +1,100 @@
+using System.Diagnostics;
+using RlhfStudio.Engine.Jobs;
+using RlhfStudio.Engine.Trainers.Rl;
+using static TorchSharp.torch;
+
+namespace RlhfStudio.Bench.Workloads;
+
+/// <summary>A full PPO step of the real trainer (PpoJob: rollout = sampling + policy/reference log-probabilities,
+/// values and scores; then 4 PPO epochs over the rollout) on the "tiny" preset with the built-in tokenizer, arithmetic
+/// prompts and scorer: batch 8, 128 new tokens at temperature 1 (a fresh model rarely samples EOS, so rows run to
+/// the end), bf16 compute. The phase split comes from the trainer's own metrics (time/rollout_s, time/optimize_s);
+/// pure generation of the same prompts with the same settings (RolloutSampler.Sample alone) is timed next to it, for
+/// the rollout overhead. The first step is a warm-up. No PyTorch counterpart: TRL is not installed here.</summary>
+public static class PpoStep
+{
+    public const int Batch = 8, NewTokens = 128, Epochs = 4;
+
+    public static Measurement Run(string id, ScalarType dtype, int repetitions)
+    {
+        int steps = repetitions + 1;
+        var spec = (PpoSpec)RunSpec.FromJson($$"""
+            {
+              "method": "ppo", "name": "bench-ppo", "model": { "preset": "tiny" },
+              "reward": { "builtin": "arithmetic" }, "dataset": { "builtin": "arithmetic" },
+              "precision": "{{(dtype == ScalarType.BFloat16 ? "bf16" : "fp32")}}", "seed": 42, "maxLength": 256,
+              "training": { "learningRate": 1e-5, "maxSteps": {{steps}}, "batchSize": {{Batch}}, "maxGradNorm": 1.0 },
+              "adapter": { "kind": "full" },
+              "sampling": { "maxNewTokens": {{NewTokens}}, "temperature": 1.0 },
+              "numPpoEpochs": {{Epochs}}, "numMiniBatches": 1, "sampleSteps": 1000,
+              "checkpoints": { "saveSteps": 0, "keepLast": 1 }
+            }
+            """);
+        var folder = Path.Combine(Path.GetTempPath(), $"rlhfstudio-bench-ppo-{Environment.ProcessId}");
+        try
+        {
+            var reporter = new MetricsReporter();
+            var outcome = new PpoJob(spec).Run(new RunContext(spec, folder, reporter, CancellationToken.None));
+            if (outcome.State != RunEndState.Completed) throw new InvalidOperationException($"PPO run ended {outcome.State}: {outcome.Message}");
+            var timed = reporter.Steps.Where(s => s.Key > 1).Select(s => s.Value).ToList();
+            var rollout = timed.Select(m => m[RlTrainer.RolloutSecondsMetric]).ToList();
+            var optimize = timed.Select(m => m[RlTrainer.OptimizeSecondsMetric]).ToList();
+            var total = timed.Select(m => m[RlTrainer.RolloutSecondsMetric] + m[RlTrainer.OptimizeSecondsMetric]).ToList();
+            double generation = PureGeneration(spec, repetitions);
+            double best = total.Min();
+            return new Measurement(id, "steps/min", 60 / best, 60 / Median(total), total.Count, best * 1000,
+                Notes: $"batch {Batch}, {NewTokens} new tokens, {Epochs} epochs; rollout {rollout.Min() * 1000:F0} ms = {rollout.Min() / generation:F2}x pure generation {generation * 1000:F0} ms")
+            {
+                Phases = new Dictionary<string, double>
+                {
+                    ["step (best)"] = best * 1000,
+                    ["rollout (best)"] = rollout.Min() * 1000,
+                    ["  pure generation, same prompts and settings (best)"] = generation * 1000,
+                    ["  scoring: policy/reference log-probs, values, rewards (rollout - generation)"] = (rollout.Min() - generation) * 1000,
+                    ["optimise: 4 PPO epochs (best)"] = optimize.Min() * 1000,
+                },
+            };
+        }
+        finally
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    private static double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);
+
+    /// <summary>The first rollout's sampling alone, on a fresh set of the same models.</summary>
+    private static double PureGeneration(PpoSpec spec, int repetitions)
+    {
+        var (models, prompts) = RlSetup.Build(spec, new MetricsReporter());
+        using (models)
+        {
+            models.SetEvalMode();
+            var eos = models.Tokenizer.EosId ?? throw new InvalidOperationException("the built-in tokenizer has no EOS");
+            var settings = new RolloutSettings(spec.Sampling.Temperature, spec.Sampling.MaxNewTokens, [eos], models.Tokenizer.PadId ?? eos, Batch, spec.MissingEosPenalty);
+            var batch = prompts.Prompts.Take(Batch).ToList();
+            double best = double.MaxValue;
+            for (int i = 0; i <= repetitions; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                var (sequences, real) = RolloutSampler.Sample(models.Policy, batch, settings, seed: 7 + i);
+                if (i > 0) best = Math.Min(best, sw.Elapsed.TotalSeconds);
+                sequences.Ids.Dispose();
+                sequences.AttentionMask.Dispose();
+                real.Dispose();
+                GC.Collect(0);
+            }
+            return best;
+        }
+    }
+
+    private sealed class MetricsReporter : IRunReporter
+    {
+        public SortedDictionary<long, IReadOnlyDictionary<string, double>> Steps { get; } = [];
+        public void Metrics(long step, IReadOnlyDictionary<string, double> values) => Steps[step] = values;
+        public void Samples(long step, IReadOnlyList<SampleRow> rows) { }
+        public void Checkpoint(CheckpointReport checkpoint) { }
+        public void Progress(RunProgress progress) { }
+        public void Event(RunEvent runEvent) { }
+    }
+}
