@@ -46,7 +46,7 @@ public sealed class DpoJob : ITrainingJob
                 long total = trainPairs.Count + evalPairs.Count;
                 try
                 {
-                    precomputed = ReferenceLogProbs.Compute(reference, trainPairs, evalPairs, spec.Training.BatchSize, setup.Tokenizer.PadId ?? 0, setup.Device,
+                    precomputed = ReferenceLogProbs.Compute(reference, trainPairs, evalPairs, spec.Training.BatchSize, setup.Tokenizer.PadId ?? setup.Tokenizer.EosId ?? 0, setup.Device,
                         fingerprint, (done, all) => reporter.Progress(new RunProgress(done, all, clock.Elapsed, null, "reference")), context.Cancellation);
                 }
                 catch (OperationCanceledException) when (context.Cancellation.IsCancellationRequested)
