@@ -57,9 +57,10 @@ public static class BuiltinDatasets
 
     public static int Count(string set, string split) => (set, IsTest(split)) switch
     {
-        (ArithmeticPreferences, false) => 1500,
-        (_, false) => 3000,
-        _ => 200,
+        (ArithmeticSft, false) => 100_000,
+        (ArithmeticPreferences, false) => 20_000,
+        (_, false) => 20_000,
+        _ => 500,
     };
 
     /// <summary>The rows of a set's split; the same rows for the same seed, in the same order.</summary>
