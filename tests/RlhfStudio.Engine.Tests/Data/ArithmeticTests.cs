@@ -15,8 +15,8 @@ public class ArithmeticTests
         Assert.Equal(Values(BuiltinDatasets.ArithmeticSft, "train", 1, "completion"), Values(BuiltinDatasets.ArithmeticSft, "train", 1, "completion"));
         Assert.Equal(Values(BuiltinDatasets.ArithmeticSft, "train", 1, "prompt"), Values(BuiltinDatasets.ArithmeticSft, "train", 1, "prompt"));
         Assert.NotEqual(Values(BuiltinDatasets.ArithmeticSft, "train", 1, "prompt"), Values(BuiltinDatasets.ArithmeticSft, "train", 2, "prompt"));
-        Assert.Equal(3000, BuiltinDatasets.Rows(BuiltinDatasets.ArithmeticPrompts, "train", 1).Count());
-        Assert.Equal(200, BuiltinDatasets.Rows(BuiltinDatasets.ArithmeticPreferences, "test", 1).Count());
+        Assert.Equal(20_000, BuiltinDatasets.Rows(BuiltinDatasets.ArithmeticPrompts, "train", 1).Count());
+        Assert.Equal(500, BuiltinDatasets.Rows(BuiltinDatasets.ArithmeticPreferences, "test", 1).Count());
     }
 
     [Fact]
@@ -102,7 +102,7 @@ public class ArithmeticTests
         Assert.Equal(DatasetFormat.StackExchangeScored, data.Format);
         Assert.Equal("builtin:arithmetic-preferences", data.Name);
         var pairs = data.Examples(DatasetPart.Train).Cast<PreferenceExample>().ToList();
-        Assert.InRange(pairs.Count, 1500 * 3, 1500 * 6);
+        Assert.InRange(pairs.Count, 20_000 * 3, 20_000 * 6);
         int better = 0, worse = 0;
         foreach (var p in pairs)
         {
