@@ -132,6 +132,6 @@ public class ArithmeticTests
         Assert.Equal(first.Completion.Text, completion.Trim());
         var ppo = Dataset.Open(new DatasetRef { Builtin = "arithmetic" }, TrainingMethod.Ppo);
         Assert.IsType<PromptExample>(ppo.Examples(DatasetPart.Eval).First());
-        Assert.Equal(200, ppo.CountRows(DatasetPart.Eval));
+        Assert.Equal(500, ppo.CountRows(DatasetPart.Eval));
     }
 }
