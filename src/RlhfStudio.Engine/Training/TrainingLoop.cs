@@ -49,17 +49,10 @@ public sealed class TrainingLoop<TBatch>
     private readonly TrainingSettings _training;
     private readonly CheckpointSettings _checkpoints;
     private readonly IRunReporter _reporter;
+    private readonly RunRecord _record;
 
     // Where training is.
-    private long _step;
-    private long _tokensSeen;
-    private string? _lastCheckpoint;
-    private long _lastSavedStep = -1;
     private long _lastEvalStep = -1;
-    private double? _bestMetric;
-    private string? _bestCheckpoint;
-    private readonly Dictionary<string, double> _latestMetrics = new(StringComparer.Ordinal);
-    private readonly List<LogEntry> _logHistory = [];
 
     // The current logging window.
     private double _windowLoss;
@@ -78,10 +71,11 @@ public sealed class TrainingLoop<TBatch>
         _training = context.Spec.Training;
         _checkpoints = context.Spec.Checkpoints;
         _reporter = context.Reporter;
+        _record = new RunRecord(context);
     }
 
     /// <summary>Optimisation steps completed.</summary>
-    public long GlobalStep => _step;
+    public long GlobalStep => _record.Step;
 
     /// <summary>Trains to the end, to cancellation or to a failure. On completion the outcome carries the last checkpoint;
     /// the trainer writes its final model and fills <see cref="RunOutcome.FinalModel"/>.</summary>
@@ -109,8 +103,8 @@ public sealed class TrainingLoop<TBatch>
         }
 
         var meter = new ProgressMeter(_reporter, totalSteps, _options.ProgressInterval, _options.EtaWindow);
-        meter.Report(_step, force: true);
-        while (_step < totalSteps)
+        meter.Report(_record.Step, force: true);
+        while (_record.Step < totalSteps)
         {
             if (_context.Cancellation.IsCancellationRequested) return Cancel(sampler, schedule, optimizer, totalSteps, meter);
 
@@ -122,18 +116,18 @@ public sealed class TrainingLoop<TBatch>
             meter.StepTook(took);
             _windowSeconds += took.TotalSeconds;
 
-            bool last = _step == totalSteps;
-            if (_step % _checkpoints.LoggingSteps == 0 || last) Log(sampler, schedule);
-            if ((_checkpoints.EvalSteps > 0 && _step % _checkpoints.EvalSteps == 0) || last) Evaluate(meter);
-            if ((_checkpoints.SaveSteps > 0 && _step % _checkpoints.SaveSteps == 0) || last)
+            bool last = _record.Step == totalSteps;
+            if (_record.Step % _checkpoints.LoggingSteps == 0 || last) Log(sampler, schedule);
+            if ((_checkpoints.EvalSteps > 0 && _record.Step % _checkpoints.EvalSteps == 0) || last) Evaluate(meter);
+            if ((_checkpoints.SaveSteps > 0 && _record.Step % _checkpoints.SaveSteps == 0) || last)
             {
-                meter.Report(_step, "save", force: true);
+                meter.Report(_record.Step, "save", force: true);
                 var saveFailure = Save(sampler, schedule, optimizer, totalSteps);
                 if (saveFailure is not null) return saveFailure;
             }
-            meter.Report(_step, force: last);
+            meter.Report(_record.Step, force: last);
         }
-        return RunOutcome.Completed(null, _lastCheckpoint);
+        return RunOutcome.Completed(null, _record.LastCheckpoint);
     }
 
     // One optimisation step; returns a failure outcome when a non-finite loss stops the run.
@@ -147,18 +141,18 @@ public sealed class TrainingLoop<TBatch>
         var result = GradientAccumulation.Accumulate(_task, microBatches);
         double gradNorm = result.IsFinite ? GradientClipping.ClipByTotalNorm(_task.Parameters, _training.MaxGradNorm) : double.NaN;
         string? problem = result.Problem ?? (double.IsFinite(gradNorm) ? null : $"the gradient norm is {GradientAccumulation.Describe(gradNorm)}");
-        long stepNumber = _step + 1;
+        long stepNumber = _record.Step + 1;
         if (problem is not null)
         {
             optimizer.ZeroGrad();
             if (!_context.Spec.SkipNonFiniteLoss)
                 return RunOutcome.Failed($"Training stopped at step {stepNumber} of {totalSteps}: {problem}. Lower the learning rate, " +
-                    "check the data for empty or broken rows, or set skipNonFiniteLoss to skip such batches.", _lastCheckpoint);
+                    "check the data for empty or broken rows, or set skipNonFiniteLoss to skip such batches.", _record.LastCheckpoint);
             _reporter.Event(RunEvent.Warn("nonfinite-loss-skipped", $"step {stepNumber}: {problem}; the batch was skipped and the weights left unchanged", stepNumber));
         }
         else
         {
-            optimizer.Step(schedule.At(_step));
+            optimizer.Step(schedule.At(_record.Step));
             optimizer.ZeroGrad();
             _windowLoss += result.Loss;
             _windowSteps++;
@@ -167,8 +161,8 @@ public sealed class TrainingLoop<TBatch>
             foreach (var (name, v) in result.MetricSums) _windowMetricSums[name] = _windowMetricSums.GetValueOrDefault(name) + v;
         }
         // A skipped step still consumes its data and its place in the schedule, so the run ends where planned.
-        _step = stepNumber;
-        _tokensSeen += result.Tokens;
+        _record.Step = stepNumber;
+        _record.TokensSeen += result.Tokens;
         _windowTokens += result.Tokens;
         return null;
     }
@@ -177,7 +171,7 @@ public sealed class TrainingLoop<TBatch>
     {
         var values = new Dictionary<string, double>(StringComparer.Ordinal)
         {
-            [MetricNames.LearningRate] = schedule.At(_step),
+            [MetricNames.LearningRate] = schedule.At(_record.Step),
             [MetricNames.Epoch] = sampler.EpochProgress,
         };
         if (_windowSteps > 0)
@@ -198,130 +192,30 @@ public sealed class TrainingLoop<TBatch>
 
     private void Evaluate(ProgressMeter meter)
     {
-        if (_lastEvalStep == _step) return;
-        meter.Report(_step, "eval", force: true);
+        if (_lastEvalStep == _record.Step) return;
+        meter.Report(_record.Step, "eval", force: true);
         IReadOnlyDictionary<string, double>? metrics;
         using (var scope = NewDisposeScope())
         using (var noGrad = no_grad())
-            metrics = _task.Evaluate(_step);
+            metrics = _task.Evaluate(_record.Step);
         GC.Collect(0);
-        _lastEvalStep = _step;
+        _lastEvalStep = _record.Step;
         if (metrics is { Count: > 0 }) Report(metrics);
     }
 
-    private void Report(IReadOnlyDictionary<string, double> values)
-    {
-        _reporter.Metrics(_step, values);
-        foreach (var (k, v) in values) _latestMetrics[k] = v;
-        _logHistory.Add(new LogEntry(_step, values));
-        if (_logHistory.Count > TrainerState.LogHistoryTail) _logHistory.RemoveRange(0, _logHistory.Count - TrainerState.LogHistoryTail);
-    }
+    private void Report(IReadOnlyDictionary<string, double> values) => _record.Report(values);
 
-    private RunOutcome Cancel(IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer, long totalSteps, ProgressMeter meter)
-    {
-        if (_lastSavedStep != _step)
-        {
-            meter.Report(_step, "save", force: true);
-            var failure = Save(sampler, schedule, optimizer, totalSteps);
-            if (failure is not null) return failure;
-        }
-        _reporter.Event(RunEvent.Info($"cancelled at step {_step} of {totalSteps}; resume from {Path.GetFileName(_lastCheckpoint)}", _step));
-        return RunOutcome.Cancelled(_lastCheckpoint);
-    }
+    private RunOutcome Cancel(IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer, long totalSteps, ProgressMeter meter) =>
+        _record.Cancel(totalSteps, meter, () => Save(sampler, schedule, optimizer, totalSteps));
 
-    private RunOutcome? Save(IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer, long totalSteps)
-    {
-        var metricName = _checkpoints.BestMetric;
-        double? metric = _latestMetrics.TryGetValue(metricName, out var m) && double.IsFinite(m) ? m : null;
-        var path = Path.Combine(_context.OutputDirectory, CheckpointFolder.NameFor(_step));
-        if (metric is double value && (_bestMetric is not double best || (_checkpoints.LowerIsBetter ? value < best : value > best)))
-        {
-            _bestMetric = value;
-            _bestCheckpoint = path;
-        }
-        var position = sampler.Position;
-        var state = new TrainerState
-        {
-            GlobalStep = _step,
-            TotalSteps = totalSteps,
-            Epoch = sampler.EpochProgress,
-            TokensSeen = _tokensSeen,
-            Sampler = new SamplerState(position.Epoch, position.BatchIndex, sampler.Seed, sampler.DatasetSize, sampler.BatchSize, sampler.DropLast, sampler.Shuffle),
-            BestMetricName = metricName,
-            Metric = metric,
-            BestMetric = _bestMetric,
-            BestModelCheckpoint = _bestCheckpoint,
-            LogHistory = [.. _logHistory],
-        };
-        try
-        {
-            path = Checkpoints.Write(_context.OutputDirectory, _step, folder =>
-            {
-                _task.SaveModel(folder);
-                optimizer.Save(folder);
-                RunStateFiles.SaveScheduler(folder, schedule, _step);
-                RunStateFiles.SaveRng(folder);
-                state.Save(folder);
-            });
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return RunOutcome.Failed($"Could not save the checkpoint at step {_step} in {_context.OutputDirectory}: {e.Message}", _lastCheckpoint);
-        }
-        _lastCheckpoint = path;
-        _lastSavedStep = _step;
-        var reported = new Dictionary<string, double>(StringComparer.Ordinal);
-        if (metric is double v) reported[metricName] = v;
-        _reporter.Checkpoint(new CheckpointReport(_step, path, reported));
-        foreach (var deleted in Checkpoints.ApplyRetention(_context.OutputDirectory, _checkpoints.KeepLast, _checkpoints.LowerIsBetter))
-            _reporter.Event(RunEvent.Info($"removed {Path.GetFileName(deleted)} (keeping the last {_checkpoints.KeepLast} and the best)", _step));
-        return null;
-    }
+    private RunOutcome? Save(IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer, long totalSteps) =>
+        _record.Save(sampler, sampler.EpochProgress, totalSteps, schedule, optimizer, _task.SaveModel);
 
     // Restores everything a checkpoint holds; returns a failure outcome naming the problem when it cannot.
-    private RunOutcome? Resume(string folder, IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer)
-    {
-        try
+    private RunOutcome? Resume(string folder, IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer) =>
+        _record.Resume(folder, sampler, schedule, optimizer, "training rows", (checkpoint, _) =>
         {
-            var checkpoint = Checkpoints.Open(folder);
-            var state = checkpoint.State;
-            var s = state.Sampler;
-            if (s.DatasetSize != sampler.DatasetSize || s.BatchSize != sampler.BatchSize || s.DropLast != sampler.DropLast
-                || s.Shuffle != sampler.Shuffle || s.Seed != sampler.Seed)
-                throw new CheckpointException($"it was made with {s.DatasetSize} training rows, batch size {s.BatchSize}, seed {s.Seed}" +
-                    $" (drop last {s.DropLast}, shuffle {s.Shuffle}); this run has {sampler.DatasetSize} rows, batch size {sampler.BatchSize}," +
-                    $" seed {sampler.Seed} (drop last {sampler.DropLast}, shuffle {sampler.Shuffle}). Resume with the same data, batch size and seed");
-            var scheduler = RunStateFiles.LoadScheduler(folder);
-            if (scheduler.LastStep != state.GlobalStep)
-                throw new CheckpointException($"{RunStateFiles.SchedulerFileName} is at step {scheduler.LastStep}, the trainer state at {state.GlobalStep}");
-
-            _task.LoadModel(folder);
-            optimizer.Load(folder);
-            sampler.Restore(new SamplerPosition(s.Epoch, s.BatchIndex));
-            RunStateFiles.LoadRng(folder);
-
-            if (scheduler.Kind != schedule.Kind || scheduler.PeakLearningRate != schedule.PeakLearningRate
-                || scheduler.TotalSteps != schedule.TotalSteps || scheduler.WarmupSteps != schedule.WarmupSteps)
-                _reporter.Event(RunEvent.Warn("schedule-changed",
-                    $"the learning-rate schedule differs from the checkpoint's ({scheduler.Kind}, peak {scheduler.PeakLearningRate}, " +
-                    $"{scheduler.WarmupSteps} warmup of {scheduler.TotalSteps} steps); continuing with this run's ({schedule.Kind}, peak " +
-                    $"{schedule.PeakLearningRate}, {schedule.WarmupSteps} warmup of {schedule.TotalSteps} steps)", state.GlobalStep));
-
-            _step = state.GlobalStep;
-            _tokensSeen = state.TokensSeen;
-            _bestMetric = state.BestMetric;
-            _bestCheckpoint = state.BestModelCheckpoint;
-            _logHistory.AddRange(state.LogHistory);
-            foreach (var entry in state.LogHistory)
-                foreach (var (k, v) in entry.Values) _latestMetrics[k] = v;
-            _lastCheckpoint = checkpoint.Path;
-            _lastSavedStep = _step;
-            _reporter.Event(RunEvent.Info($"resumed from {Path.GetFileName(checkpoint.Path)} at step {_step}", _step));
+            _task.LoadModel(checkpoint);
             return null;
-        }
-        catch (Exception e) when (e is CheckpointException or ModelLoadException)
-        {
-            return RunOutcome.Failed($"Cannot resume from {folder}: {e.Message}");
-        }
-    }
+        });
 }

@@ -44,15 +44,8 @@ public sealed class RlTrainer
     private readonly RolloutSettings _rollout;
     private readonly bool _arithmeticPrompts;
 
-    private long _step;
     private long _episode;
-    private long _tokensSeen;
-    private string? _lastCheckpoint;
-    private long _lastSavedStep = -1;
-    private double? _bestMetric;
-    private string? _bestCheckpoint;
-    private readonly Dictionary<string, double> _latest = new(StringComparer.Ordinal);
-    private readonly List<LogEntry> _history = [];
+    private readonly RunRecord _record;
 
     public RlTrainer(RunContext context, RlModels models, PromptSet prompts, IRlObjective objective)
     {
@@ -62,6 +55,7 @@ public sealed class RlTrainer
         _prompts = prompts;
         _objective = objective;
         _reporter = context.Reporter;
+        _record = new RunRecord(context);
         _kl = _spec is PpoSpec { AdaptiveKl: true } ppo ? new KlController(_spec.KlCoef, ppo.TargetKl, ppo.KlHorizon) : new KlController(_spec.KlCoef);
         var eos = models.Tokenizer.EosId ?? throw new ArgumentException("the tokenizer has no EOS token: responses could never end");
         MicroBatchSize = _spec.Training.BatchSize / _spec.NumMiniBatches / _spec.Training.GradientAccumulation;
@@ -73,7 +67,7 @@ public sealed class RlTrainer
     public int PromptsPerStep => _spec.Training.BatchSize / _objective.SamplesPerPrompt;
     public int MicroBatchSize { get; }
     public KlController Kl => _kl;
-    public long GlobalStep => _step;
+    public long GlobalStep => _record.Step;
 
     /// <summary>Steps of the run: training.maxSteps, else ceil(epochs * prompts / prompts per step) (TRL total_episodes /
     /// batch_size, with epochs counted in prompts).</summary>
@@ -101,8 +95,8 @@ public sealed class RlTrainer
         else random.manual_seed(_context.Spec.Seed);
 
         var meter = new ProgressMeter(_reporter, totalSteps, TimeSpan.FromMilliseconds(250));
-        meter.Report(_step, force: true);
-        while (_step < totalSteps)
+        meter.Report(_record.Step, force: true);
+        while (_record.Step < totalSteps)
         {
             if (_context.Cancellation.IsCancellationRequested) return Cancel(sampler, schedule, optimizer, totalSteps, meter);
             var started = Stopwatch.GetTimestamp();
@@ -119,18 +113,18 @@ public sealed class RlTrainer
             GC.Collect(0);   // frees Scalars no dispose scope tracks (see notes/torchsharp.md)
             if (failure is not null) return failure;
             meter.StepTook(Stopwatch.GetElapsedTime(started));
-            bool last = _step == totalSteps;
+            bool last = _record.Step == totalSteps;
             var saveSteps = _spec.Checkpoints.SaveSteps;
-            if ((saveSteps > 0 && _step % saveSteps == 0) || last)
+            if ((saveSteps > 0 && _record.Step % saveSteps == 0) || last)
             {
-                meter.Report(_step, "save", force: true);
+                meter.Report(_record.Step, "save", force: true);
                 var saveFailure = Save(sampler, schedule, optimizer, totalSteps);
                 if (saveFailure is not null) return saveFailure;
             }
-            meter.Report(_step, force: last);
+            meter.Report(_record.Step, force: last);
         }
-        _reporter.Event(RunEvent.Info($"peak memory {PeakMemoryMegabytes():F0} MB (process RSS high-water mark)", _step));
-        return RunOutcome.Completed(null, _lastCheckpoint);
+        _reporter.Event(RunEvent.Info($"peak memory {PeakMemoryMegabytes():F0} MB (process RSS high-water mark)", _record.Step));
+        return RunOutcome.Completed(null, _record.LastCheckpoint);
     }
 
     private SamplerPosition? _positionBeforeStep;
@@ -138,21 +132,21 @@ public sealed class RlTrainer
     private RunOutcome? Step(IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer, IReadOnlyList<NamedParameter> parameters,
         long totalSteps, ProgressMeter meter)
     {
-        long stepNumber = _step + 1;
+        long stepNumber = _record.Step + 1;
         var stepClock = Stopwatch.StartNew();
         _positionBeforeStep = sampler.Position;
         var rows = sampler.Next();
         // RLOO's layout: k consecutive blocks of the same prompts (TRL queries.repeat(rloo_k, 1)).
         var prompts = Enumerable.Range(0, _objective.SamplesPerPrompt).SelectMany(_ => rows.Select(r => _prompts[r])).ToList();
 
-        meter.Report(_step, "rollout", force: true);
+        meter.Report(_record.Step, "rollout", force: true);
         using var scope = NewDisposeScope();
         using var rollout = RolloutSampler.Collect(_models, prompts, _rollout, StepSeed(stepNumber), _context.Cancellation);
         double rolloutSeconds = stepClock.Elapsed.TotalSeconds;
         var metrics = new Dictionary<string, double>(_objective.Prepare(rollout, _kl.Value), StringComparer.Ordinal);
 
-        meter.Report(_step, "train", force: true);
-        double learningRate = schedule.At(_step);
+        meter.Report(_record.Step, "train", force: true);
+        double learningRate = schedule.At(_record.Step);
         var stats = new List<MicroBatchStats>();
         double gradNorm = 0;
         int batch = rollout.Size, miniSize = batch / _spec.NumMiniBatches;
@@ -171,7 +165,7 @@ public sealed class RlTrainer
                     {
                         optimizer.ZeroGrad();
                         return RunOutcome.Failed($"Training stopped at step {stepNumber} of {totalSteps}: the loss is not finite (policy {s.PolicyLoss}, " +
-                            $"value {s.ValueLoss}). Lower the learning rate or the clip ranges, or check the reward model's scores.", _lastCheckpoint);
+                            $"value {s.ValueLoss}). Lower the learning rate or the clip ranges, or check the reward model's scores.", _record.LastCheckpoint);
                     }
                     // Gradient accumulation: the mini-batch loss is the mean of its micro-batch losses.
                     (loss / _spec.Training.GradientAccumulation).backward();
@@ -181,7 +175,7 @@ public sealed class RlTrainer
                 if (!double.IsFinite(gradNorm))
                 {
                     optimizer.ZeroGrad();
-                    return RunOutcome.Failed($"Training stopped at step {stepNumber} of {totalSteps}: the gradient norm is {gradNorm}. Lower the learning rate.", _lastCheckpoint);
+                    return RunOutcome.Failed($"Training stopped at step {stepNumber} of {totalSteps}: the gradient norm is {gradNorm}. Lower the learning rate.", _record.LastCheckpoint);
                 }
                 optimizer.Step(learningRate);
                 optimizer.ZeroGrad();
@@ -189,9 +183,9 @@ public sealed class RlTrainer
         }
         double seconds = stepClock.Elapsed.TotalSeconds;
 
-        _step = stepNumber;
+        _record.Step = stepNumber;
         _episode += batch;
-        _tokensSeen += rollout.ResponseTokens;
+        _record.TokensSeen += rollout.ResponseTokens;
         metrics[MetricNames.PolicyApproxKl] = stats.Average(s => s.ApproxKl);
         metrics[MetricNames.PolicyClipFrac] = stats.Average(s => s.ClipFraction);
         metrics[MetricNames.LossPolicy] = stats.Average(s => s.PolicyLoss);
@@ -215,16 +209,15 @@ public sealed class RlTrainer
         metrics[PeakMemoryMetric] = PeakMemoryMegabytes();
         if (_arithmeticPrompts)
             metrics[TrueScoreMetric] = rollout.Prompts.Select((p, i) => ArithmeticTask.TryParse(p, out _) ? ArithmeticScorer.Score(p, rollout.Responses[i]) : 0).Average();
-        _reporter.Metrics(_step, metrics);
-        Remember(metrics);
+        _record.Report(metrics);
 
-        foreach (var warning in _guards.Check(_step, new GuardInput(metrics[MetricNames.ObjectiveKl], metrics[MetricNames.ObjectiveScores],
+        foreach (var warning in _guards.Check(_record.Step, new GuardInput(metrics[MetricNames.ObjectiveKl], metrics[MetricNames.ObjectiveScores],
                      metrics[MetricNames.PolicyEntropy], rollout.Responses)))
             _reporter.Event(warning);
         // Ziegler et al.: the coefficient for the next step follows the KL measured in this one.
         _kl.Update(metrics[MetricNames.ObjectiveKl], batch);
 
-        if (_step == 1 || _step % _spec.SampleSteps == 0 || _step == totalSteps) ReportSamples(rollout, prompts, stepNumber);
+        if (_record.Step == 1 || _record.Step % _spec.SampleSteps == 0 || _record.Step == totalSteps) ReportSamples(rollout, prompts, stepNumber);
         return null;
     }
 
@@ -265,130 +258,41 @@ public sealed class RlTrainer
         _reporter.Samples(step, rows);
     }
 
-    private void Remember(IReadOnlyDictionary<string, double> values)
-    {
-        foreach (var (k, v) in values) _latest[k] = v;
-        _history.Add(new LogEntry(_step, values));
-        if (_history.Count > TrainerState.LogHistoryTail) _history.RemoveRange(0, _history.Count - TrainerState.LogHistoryTail);
-    }
-
     private RunOutcome Cancel(IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer, long totalSteps, ProgressMeter meter, bool rewind = false)
     {
         if (rewind && _positionBeforeStep is { } before) sampler.Restore(before);
         optimizer.ZeroGrad();
-        if (_lastSavedStep != _step)
-        {
-            meter.Report(_step, "save", force: true);
-            var failure = Save(sampler, schedule, optimizer, totalSteps);
-            if (failure is not null) return failure;
-        }
-        _reporter.Event(RunEvent.Info($"cancelled at step {_step} of {totalSteps}; resume from {Path.GetFileName(_lastCheckpoint)}", _step));
-        return RunOutcome.Cancelled(_lastCheckpoint);
+        return _record.Cancel(totalSteps, meter, () => Save(sampler, schedule, optimizer, totalSteps));
     }
 
     private RunOutcome? Save(IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer, long totalSteps)
     {
-        var checkpoints = _spec.Checkpoints;
-        double? metric = _latest.TryGetValue(checkpoints.BestMetric, out var m) && double.IsFinite(m) ? m : null;
-        var path = Path.Combine(_context.OutputDirectory, CheckpointFolder.NameFor(_step));
-        if (metric is double value && (_bestMetric is not double best || (checkpoints.LowerIsBetter ? value < best : value > best)))
-        {
-            _bestMetric = value;
-            _bestCheckpoint = path;
-        }
-        var position = sampler.Position;
-        var state = new TrainerState
-        {
-            GlobalStep = _step,
-            TotalSteps = totalSteps,
-            Epoch = (double)_episode / _objective.SamplesPerPrompt / _prompts.Count,
-            TokensSeen = _tokensSeen,
-            Sampler = new SamplerState(position.Epoch, position.BatchIndex, sampler.Seed, sampler.DatasetSize, sampler.BatchSize, sampler.DropLast, sampler.Shuffle),
-            BestMetricName = checkpoints.BestMetric,
-            Metric = metric,
-            BestMetric = _bestMetric,
-            BestModelCheckpoint = _bestCheckpoint,
-            LogHistory = [.. _history],
-        };
         var (guardEntropy, guardScore) = _guards.Baseline;
-        try
+        return _record.Save(sampler, (double)_episode / _objective.SamplesPerPrompt / _prompts.Count, totalSteps, schedule, optimizer, folder =>
         {
-            path = Checkpoints.Write(_context.OutputDirectory, _step, folder =>
-            {
-                _models.PolicyPart.SaveCheckpoint(folder, _spec.Method);
-                _models.ValuePart?.SaveCheckpoint(Path.Combine(folder, RlCheckpoint.ValueFolder), _spec.Method);
-                optimizer.Save(folder);
-                RunStateFiles.SaveScheduler(folder, schedule, _step);
-                RunStateFiles.SaveRng(folder);
-                new RlState(1, _step, _episode, _kl.Value, guardEntropy, guardScore).Save(folder);
-                state.Save(folder);
-            });
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return RunOutcome.Failed($"Could not save the checkpoint at step {_step} in {_context.OutputDirectory}: {e.Message}", _lastCheckpoint);
-        }
-        _lastCheckpoint = path;
-        _lastSavedStep = _step;
-        var reported = new Dictionary<string, double>(StringComparer.Ordinal);
-        if (metric is double v) reported[checkpoints.BestMetric] = v;
-        _reporter.Checkpoint(new CheckpointReport(_step, path, reported));
-        foreach (var deleted in Checkpoints.ApplyRetention(_context.OutputDirectory, checkpoints.KeepLast, checkpoints.LowerIsBetter))
-            _reporter.Event(RunEvent.Info($"removed {Path.GetFileName(deleted)} (keeping the last {checkpoints.KeepLast} and the best)", _step));
-        return null;
+            _models.PolicyPart.SaveCheckpoint(folder, _spec.Method);
+            _models.ValuePart?.SaveCheckpoint(Path.Combine(folder, RlCheckpoint.ValueFolder), _spec.Method);
+            new RlState(1, _record.Step, _episode, _kl.Value, guardEntropy, guardScore).Save(folder);
+        });
     }
 
-    private RunOutcome? Resume(string folder, IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer)
-    {
-        try
+    private RunOutcome? Resume(string folder, IndexSampler sampler, LearningRateSchedule schedule, AdamWOptimizer optimizer) =>
+        _record.Resume(folder, sampler, schedule, optimizer, "prompts", (checkpoint, state) =>
         {
-            var checkpoint = Checkpoints.Open(folder);
-            var state = checkpoint.State;
-            var s = state.Sampler;
-            if (s.DatasetSize != sampler.DatasetSize || s.BatchSize != sampler.BatchSize || s.Seed != sampler.Seed)
-                throw new CheckpointException($"it was made with {s.DatasetSize} prompts, {s.BatchSize} prompts per step and seed {s.Seed}; this run has " +
-                    $"{sampler.DatasetSize} prompts, {sampler.BatchSize} per step and seed {sampler.Seed}. Resume with the same data, batch size and seed");
-            var scheduler = RunStateFiles.LoadScheduler(folder);
-            if (scheduler.LastStep != state.GlobalStep)
-                throw new CheckpointException($"{RunStateFiles.SchedulerFileName} is at step {scheduler.LastStep}, the trainer state at {state.GlobalStep}");
-            var rl = RlState.Load(folder);
+            var rl = RlState.Load(checkpoint);
             if (rl.Step != state.GlobalStep) throw new CheckpointException($"{RlState.FileName} is at step {rl.Step}, the trainer state at {state.GlobalStep}");
-
-            _models.PolicyPart.LoadCheckpoint(folder);
+            _models.PolicyPart.LoadCheckpoint(checkpoint);
             if (_models.ValuePart is not null)
             {
-                var valueFolder = Path.Combine(folder, RlCheckpoint.ValueFolder);
+                var valueFolder = Path.Combine(checkpoint, RlCheckpoint.ValueFolder);
                 if (!Directory.Exists(valueFolder)) throw new CheckpointException($"{valueFolder}: missing (PPO checkpoints hold the value model)");
                 _models.ValuePart.LoadCheckpoint(valueFolder);
             }
-            optimizer.Load(folder);
-            sampler.Restore(new SamplerPosition(s.Epoch, s.BatchIndex));
-            RunStateFiles.LoadRng(folder);
             _kl.Restore(rl.KlCoef);
             _guards.RestoreBaseline(rl.GuardEntropy, rl.GuardScore);
-            if (scheduler.TotalSteps != schedule.TotalSteps || scheduler.PeakLearningRate != schedule.PeakLearningRate || scheduler.Kind != schedule.Kind)
-                _reporter.Event(RunEvent.Warn("schedule-changed", $"the learning-rate schedule differs from the checkpoint's ({scheduler.Kind}, peak " +
-                    $"{scheduler.PeakLearningRate}, {scheduler.TotalSteps} steps); continuing with this run's ({schedule.Kind}, peak {schedule.PeakLearningRate}, " +
-                    $"{schedule.TotalSteps} steps)", state.GlobalStep));
-
-            _step = state.GlobalStep;
             _episode = rl.Episode;
-            _tokensSeen = state.TokensSeen;
-            _bestMetric = state.BestMetric;
-            _bestCheckpoint = state.BestModelCheckpoint;
-            _history.AddRange(state.LogHistory);
-            foreach (var entry in state.LogHistory)
-                foreach (var (k, v) in entry.Values) _latest[k] = v;
-            _lastCheckpoint = checkpoint.Path;
-            _lastSavedStep = _step;
-            _reporter.Event(RunEvent.Info($"resumed from {Path.GetFileName(checkpoint.Path)} at step {_step} (KL coefficient {_kl.Value:G4})", _step));
-            return null;
-        }
-        catch (Exception e) when (e is CheckpointException or ModelLoadException)
-        {
-            return RunOutcome.Failed($"Cannot resume from {folder}: {e.Message}");
-        }
-    }
+            return $"KL coefficient {_kl.Value:G4}";
+        });
 
     /// <summary>The process's resident-memory high-water mark (VmHWM in /proc/self/status) in MB; the managed heap's
     /// peak where /proc is not available.</summary>
