@@ -3,7 +3,6 @@
 // and eval/mean_token_accuracy over the whole eval set, a sample table of generations for fixed prompts (seeded), and
 // for the built-in arithmetic task eval/exact_match and eval/true_score from greedy answers to held-out questions.
 using RlhfStudio.Engine.Data;
-using RlhfStudio.Engine.Generation;
 using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Training;
@@ -22,12 +21,11 @@ public sealed class SftTask : ITrainingTask<SftBatch>
     private readonly TrainableModel<CausalLanguageModel> _setup;
     private readonly IReadOnlyList<SftSequence> _train;
     private readonly IReadOnlyList<SftSequence> _eval;
-    private readonly IReadOnlyList<SamplePrompt> _samplePrompts;
+    private readonly IReadOnlyList<EvalSamplePrompt> _samplePrompts;
     private readonly IReadOnlyList<string> _exactMatchQuestions;
     private readonly IRunReporter _reporter;
     private readonly CancellationToken _cancel;
     private readonly long _padId;
-    private readonly bool _scoreSamples;
 
     public SftTask(SftSpec spec, TrainableModel<CausalLanguageModel> setup, IReadOnlyList<SftSequence> train, IReadOnlyList<SftSequence> eval,
         IReadOnlyList<SamplePrompt> samplePrompts, IReadOnlyList<string> exactMatchQuestions, IRunReporter reporter, CancellationToken cancel = default)
@@ -37,12 +35,11 @@ public sealed class SftTask : ITrainingTask<SftBatch>
         _setup = setup;
         _train = train;
         _eval = eval;
-        _samplePrompts = samplePrompts;
+        _samplePrompts = samplePrompts.Select(p => new EvalSamplePrompt(p.Prompt.ToString(), setup.Template.TokenizePrompt(setup.Tokenizer, p.Prompt), p.Reference)).ToList();
         _exactMatchQuestions = exactMatchQuestions;
         _reporter = reporter;
         _cancel = cancel;
         _padId = setup.Tokenizer.PadId ?? setup.Tokenizer.EosId ?? 0;
-        _scoreSamples = ArithmeticEvaluation.IsArithmetic(spec.Dataset);
     }
 
     public int DatasetSize => _train.Count;
@@ -84,49 +81,14 @@ public sealed class SftTask : ITrainingTask<SftBatch>
                     metrics[MetricNames.EvalMeanTokenAccuracy] = correct / (double)items;
                 }
             }
-            if (_exactMatchQuestions.Count > 0)
-            {
-                var report = ArithmeticEvaluation.Run(model, _setup.Tokenizer, _setup.Template, _exactMatchQuestions, cancel: _cancel);
-                metrics[ArithmeticEvaluation.ExactMatchMetric] = report.ExactMatch;
-                metrics[ArithmeticEvaluation.TrueScoreMetric] = report.MeanScore;
-            }
-            if (_samplePrompts.Count > 0) _reporter.Samples(step, GenerateSamples());
+            EvalGeneration.AddExactMatch(metrics, _setup, _exactMatchQuestions, _cancel);
+            if (_samplePrompts.Count > 0) _reporter.Samples(step, EvalGeneration.SampleTable(_setup, _spec, _samplePrompts, _cancel));
         }
         finally
         {
             model.train();
         }
         return metrics;
-    }
-
-    // Generations for the fixed sample prompts, seeded with the run's seed so that tables of different steps compare.
-    private List<SampleRow> GenerateSamples()
-    {
-        var s = _spec.Sampling;
-        var settings = new GenerationSettings
-        {
-            MaxNewTokens = s.MaxNewTokens,
-            MinNewTokens = s.MinNewTokens,
-            Temperature = s.Temperature,
-            TopK = s.TopK,
-            TopP = s.TopP,
-            Seed = _spec.Seed,
-        };
-        var ids = _samplePrompts.Select(p => _setup.Template.TokenizePrompt(_setup.Tokenizer, p.Prompt)).ToList();
-        var completions = TextGenerator.GenerateText(_setup.Model, _setup.Tokenizer, ids, settings, cancel: _cancel);
-        var rows = new List<SampleRow>(completions.Count);
-        for (int i = 0; i < completions.Count; i++)
-        {
-            var prompt = _samplePrompts[i].Prompt.ToString();
-            var reference = _samplePrompts[i].Reference;
-            bool scorable = _scoreSamples && ArithmeticTask.TryParse(prompt, out _);
-            rows.Add(new SampleRow(i, prompt, completions[i],
-                Score: scorable ? ArithmeticScorer.Score(prompt, completions[i]) : null,
-                Reference: reference,
-                ReferenceScore: scorable && reference is not null ? ArithmeticScorer.Score(prompt, reference) : null,
-                Table: "eval"));
-        }
-        return rows;
     }
 
     public void SaveModel(string folder) => _setup.SaveCheckpoint(folder, TrainingMethod.Sft);

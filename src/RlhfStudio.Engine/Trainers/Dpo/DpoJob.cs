@@ -104,7 +104,7 @@ public sealed class DpoJob : ITrainingJob
         var prompts = evalExamples.Select(e => e.Prompt).Distinct().Take(SamplePrompts).ToList();
         if (prompts.Count == 0) return [];
         var ids = prompts.Select(p => setup.Template.TokenizePrompt(setup.Tokenizer, p)).ToList();
-        var completions = reference.Generate(setup.Tokenizer, ids, DpoTask.SampleSettings(spec), cancel);
+        var completions = reference.Generate(setup.Tokenizer, ids, EvalGeneration.SampleSettings(spec), cancel);
         return prompts.Select((p, i) => new DpoSamplePrompt(p, ids[i], completions[i])).ToList();
     }
 }

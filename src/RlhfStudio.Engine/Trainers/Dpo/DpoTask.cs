@@ -7,7 +7,6 @@
 // and at each evaluation an "eval" sample table: the policy's completion and true score next to the reference model's
 // (generated once: the reference does not change).
 using RlhfStudio.Engine.Data;
-using RlhfStudio.Engine.Generation;
 using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Training;
@@ -26,12 +25,11 @@ public sealed class DpoTask : ITrainingTask<DpoBatch>
     private readonly IReadOnlyList<DpoPair> _train;
     private readonly IReadOnlyList<DpoPair> _eval;
     private readonly ReferenceLogProbs? _precomputed;
-    private readonly IReadOnlyList<DpoSamplePrompt> _samples;
+    private readonly IReadOnlyList<EvalSamplePrompt> _samples;
     private readonly IReadOnlyList<string> _exactMatchQuestions;
     private readonly IRunReporter _reporter;
     private readonly CancellationToken _cancel;
     private readonly long _padId;
-    private readonly bool _scoreSamples;
 
     public DpoTask(DpoSpec spec, TrainableModel<CausalLanguageModel> setup, DpoReference reference, IReadOnlyList<DpoPair> train, IReadOnlyList<DpoPair> eval,
         ReferenceLogProbs? precomputed, IReadOnlyList<DpoSamplePrompt> samples, IReadOnlyList<string> exactMatchQuestions, IRunReporter reporter,
@@ -46,12 +44,11 @@ public sealed class DpoTask : ITrainingTask<DpoBatch>
         _train = train;
         _eval = eval;
         _precomputed = precomputed;
-        _samples = samples;
+        _samples = samples.Select(p => new EvalSamplePrompt(p.Prompt.ToString(), p.PromptIds, p.ReferenceCompletion)).ToList();
         _exactMatchQuestions = exactMatchQuestions;
         _reporter = reporter;
         _cancel = cancel;
         _padId = setup.Tokenizer.PadId ?? setup.Tokenizer.EosId ?? 0;
-        _scoreSamples = ArithmeticEvaluation.IsArithmetic(spec.Dataset);
     }
 
     public int DatasetSize => _train.Count;
@@ -108,49 +105,14 @@ public sealed class DpoTask : ITrainingTask<DpoBatch>
                 metrics[MetricNames.EvalLoss] = loss / _eval.Count;
                 foreach (var (name, sum) in sums) metrics["eval/" + name] = sum / _eval.Count;
             }
-            if (_exactMatchQuestions.Count > 0)
-            {
-                var report = ArithmeticEvaluation.Run(model, _setup.Tokenizer, _setup.Template, _exactMatchQuestions, cancel: _cancel);
-                metrics[ArithmeticEvaluation.ExactMatchMetric] = report.ExactMatch;
-                metrics[ArithmeticEvaluation.TrueScoreMetric] = report.MeanScore;
-            }
-            if (_samples.Count > 0) _reporter.Samples(step, GenerateSamples());
+            EvalGeneration.AddExactMatch(metrics, _setup, _exactMatchQuestions, _cancel);
+            if (_samples.Count > 0) _reporter.Samples(step, EvalGeneration.SampleTable(_setup, _spec, _samples, _cancel));
         }
         finally
         {
             model.train();
         }
         return metrics;
-    }
-
-    /// <summary>The sampling settings of the sample table, seeded with the run's seed so that tables of different steps
-    /// (and the reference's) compare.</summary>
-    public static GenerationSettings SampleSettings(RunSpec spec) => new()
-    {
-        MaxNewTokens = spec.Sampling.MaxNewTokens,
-        MinNewTokens = spec.Sampling.MinNewTokens,
-        Temperature = spec.Sampling.Temperature,
-        TopK = spec.Sampling.TopK,
-        TopP = spec.Sampling.TopP,
-        Seed = spec.Seed,
-    };
-
-    private List<SampleRow> GenerateSamples()
-    {
-        var completions = TextGenerator.GenerateText(_setup.Model, _setup.Tokenizer, _samples.Select(s => s.PromptIds).ToList(), SampleSettings(_spec), cancel: _cancel);
-        var rows = new List<SampleRow>(completions.Count);
-        for (int i = 0; i < completions.Count; i++)
-        {
-            var prompt = _samples[i].Prompt.ToString();
-            var reference = _samples[i].ReferenceCompletion;
-            bool scorable = _scoreSamples && ArithmeticTask.TryParse(prompt, out _);
-            rows.Add(new SampleRow(i, prompt, completions[i],
-                Score: scorable ? ArithmeticScorer.Score(prompt, completions[i]) : null,
-                Reference: reference,
-                ReferenceScore: scorable ? ArithmeticScorer.Score(prompt, reference) : null,
-                Table: "eval"));
-        }
-        return rows;
     }
 
     /// <summary>The trained part of the policy, plus the precomputed reference log-probabilities (see ReferenceLogProbs).</summary>
