@@ -35,56 +35,31 @@ public static class RunPresets
         ];
     }
 
-    // Quick start: the tested configs in examples/arithmetic-sft.json and arithmetic-reward.json. Full fine-tuning (LoRA on a
-    // randomly initialised model would learn nothing); the RL and DPO stages follow the same scale.
+    // Quick start: the tested configs of examples/arithmetic-{sft,reward,ppo,rloo,dpo}.json (embedded in this assembly), with
+    // the tiny preset as the starting model; the CLI runs chain them through runs/ folders, the studio through the
+    // pipeline's stage references or the model picker. A reward model given by path is not carried over (the user picks
+    // one); the built-in scorer is.
     private static RunSpec QuickStartSpec(TrainingMethod method)
     {
-        var spec = RunForm.DefaultSpec(method) with
+        var example = Example(method switch
         {
-            Model = ModelRef.FromPreset("tiny"),
-            Dataset = new DatasetRef { Builtin = "arithmetic" },
-            Precision = Precision.Bf16,
-            Seed = 42,
-            MaxLength = 128,
-            Adapter = new AdapterSettings { Kind = AdapterKind.Full },
-        };
-        return spec switch
-        {
-            SftSpec s => s with
-            {
-                Training = s.Training with { LearningRate = 1e-3, Schedule = LrSchedule.Cosine, WarmupRatio = 0.05, MaxSteps = 800, BatchSize = 32, MaxGradNorm = 1.0, WeightDecay = 0.01 },
-                Checkpoints = s.Checkpoints with { LoggingSteps = 25, EvalSteps = 100, SaveSteps = 250, KeepLast = 2 },
-                Sampling = s.Sampling with { MaxNewTokens = 24, Temperature = 0.7 },
-                Packing = false,
-                CompletionOnlyLoss = true,
-                NumSamples = 4,
-            },
-            RewardSpec r => r with
-            {
-                Training = r.Training with { LearningRate = 2e-4, Schedule = LrSchedule.Cosine, WarmupRatio = 0.05, MaxSteps = 300, BatchSize = 16, MaxGradNorm = 1.0 },
-                Checkpoints = r.Checkpoints with { LoggingSteps = 25, EvalSteps = 100, SaveSteps = 100, KeepLast = 2 },
-                UseMargin = false,
-                CenterRewardsCoefficient = 0.01,
-            },
-            RlooSpec r => r with
-            {
-                Training = r.Training with { LearningRate = 1e-5, BatchSize = 16, MaxSteps = 100 },
-                Sampling = r.Sampling with { MaxNewTokens = 24, Temperature = 0.7 },
-            },
-            PpoSpec p => p with
-            {
-                Training = p.Training with { LearningRate = 1e-5, BatchSize = 16, MaxSteps = 100 },
-                Sampling = p.Sampling with { MaxNewTokens = 24, Temperature = 0.7 },
-                NumMiniBatches = 2,
-            },
-            DpoSpec d => d with
-            {
-                Training = d.Training with { LearningRate = 5e-5, BatchSize = 16, MaxSteps = 200 },
-                Checkpoints = d.Checkpoints with { EvalSteps = 50, SaveSteps = 100 },
-                MaxPromptLength = 64,
-            },
-            _ => spec,
-        };
+            TrainingMethod.Sft => "arithmetic-sft",
+            TrainingMethod.Reward => "arithmetic-reward",
+            TrainingMethod.Ppo => "arithmetic-ppo",
+            TrainingMethod.Rloo => "arithmetic-rloo",
+            _ => "arithmetic-dpo",
+        });
+        var defaults = RunForm.DefaultSpec(method);
+        var spec = example with { Name = defaults.Name, Model = ModelRef.FromPreset("tiny") };
+        return spec is RlSpec rl && rl.Reward is { Builtin: null } ? rl with { Reward = ((RlSpec)defaults).Reward } : spec;
+    }
+
+    private static RunSpec Example(string name)
+    {
+        using var stream = typeof(RunPresets).Assembly.GetManifestResourceStream($"examples/{name}.json")
+            ?? throw new InvalidOperationException($"examples/{name}.json is not embedded in {typeof(RunPresets).Assembly.GetName().Name}");
+        using var reader = new StreamReader(stream);
+        return RunSpec.FromJson(reader.ReadToEnd());
     }
 
     // TRL examples/research_projects/stack_llama/scripts: supervised_finetuning.py, reward_modeling.py, rl_training.py.
