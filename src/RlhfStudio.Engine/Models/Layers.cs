@@ -61,10 +61,10 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         }
         else
         {
-            // The same values with three fewer allocations (a decode step runs 2 x layers + 1 norms on tiny tensors).
-            // A fresh copy is needed when x is already fp32 (to() then returns x itself).
-            if (x.dtype == ScalarType.Float32) h = h.clone();
-            h.mul_(h.square().mean([-1], keepdim: true).add_(_eps).rsqrt_());
+            // The same values with fewer allocations (a decode step runs 2 x layers + 1 norms on tiny tensors). When x
+            // is already fp32, to() returned x itself, which must not be overwritten.
+            var scale = h.square().mean([-1], keepdim: true).add_(_eps).rsqrt_();
+            h = x.dtype == ScalarType.Float32 ? h * scale : h.mul_(scale);
         }
         var y = _weight * h.to(x.dtype);
         // fp32 weight on bf16 activations (compute dtype): the product promotes to fp32; round it once, back to the
