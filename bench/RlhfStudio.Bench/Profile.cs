@@ -139,6 +139,8 @@ public static class Profile
         using var model = config.CreateModel(dtype);
         var c = model.Config;
         using var noGrad = no_grad();
+        // As generation runs: compute-dtype (and fused q/k/v, gate/up) weight copies made once, not cast every call.
+        using var inferenceWeights = model.UseInferenceWeights();
         var gen = new torch.Generator(5);
         using var prompt = torch.randint(0, c.VocabSize, [Batch, Context], generator: gen, dtype: ScalarType.Int64);
         using var token = torch.randint(0, c.VocabSize, [Batch, 1], generator: gen, dtype: ScalarType.Int64);
@@ -157,7 +159,9 @@ public static class Profile
             using var pos = torch.full([Batch, 1], Context, dtype: ScalarType.Int64);
             using var invFreq = Rotary.InverseFrequencies(c.HeadDim, c.RopeTheta, null);
             var (cos, sin) = Rotary.CosSin(invFreq, pos, dtype);
-            Add("decode:   attention block", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.self_attn.Forward(x, cos, sin, null, false, null, 0); }), Generate.NewTokens * c.NumHiddenLayers);
+            Add("decode:   attention block, no cache", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.self_attn.Forward(x, cos, sin, null, false, null, 0); }), Generate.NewTokens * c.NumHiddenLayers);
+            // The cache is not advanced by a lone layer: every call attends over the prompt plus one position.
+            Add($"decode:   attention block, {Context + 1} cached", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.self_attn.Forward(x, cos, sin, null, false, cache, 0); }), Generate.NewTokens * c.NumHiddenLayers);
             Add("decode:   MLP block", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.mlp.forward(x); }), Generate.NewTokens * c.NumHiddenLayers);
             Add("decode:   RMSNorm", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.input_layernorm.forward(x); }), Generate.NewTokens * (2 * c.NumHiddenLayers + 1));
             Add("decode:   rotary cos/sin", config, dtype, PerCall(() => { using var s = NewDisposeScope(); Rotary.CosSin(invFreq, pos, dtype); }), Generate.NewTokens);

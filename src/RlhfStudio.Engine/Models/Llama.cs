@@ -225,8 +225,8 @@ public sealed class LlamaDecoderLayer : nn.Module
     internal Tensor Forward(Tensor x, RotaryTables rope, Tensor? mask, bool isCausal, KvCache? cache, int layer)
     {
         using var scope = NewDisposeScope();
-        x = x + self_attn.Forward(input_layernorm.forward(x), rope, mask, isCausal, cache, layer);
-        x = x + mlp.forward(post_attention_layernorm.forward(x));
+        x = x.add(self_attn.Forward(input_layernorm.forward(x), rope, mask, isCausal, cache, layer), Scalars.One);
+        x = x.add(mlp.forward(post_attention_layernorm.forward(x)), Scalars.One);
         return x.MoveToOuterDisposeScope();
     }
 }

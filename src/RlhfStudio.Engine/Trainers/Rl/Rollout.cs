@@ -107,18 +107,30 @@ public static class RolloutSampler
         var values = new List<Tensor>();
         var scores = new List<Tensor>();
         long b = batch.Ids.shape[0];
+        var chunks = new List<(SequenceBatch Batch, Tensor Real, List<int> Rows)>();
         for (long start = 0; start < b; start += settings.ForwardBatchSize)
         {
             long count = Math.Min(settings.ForwardBatchSize, b - start);
-            var chunk = new SequenceBatch(batch.Ids.narrow(0, start, count), batch.AttentionMask.narrow(0, start, count), batch.PromptLength);
-            var chunkReal = real.narrow(0, start, count);
-            logProbs.Add(SequenceForward.ResponseLogProbs(models.Policy, chunk, chunkReal, settings.Temperature));
-            using (models.UseReference(out var reference))
-                refLogProbs.Add(SequenceForward.ResponseLogProbs(reference, chunk, chunkReal, settings.Temperature));
-            if (models.Value is not null) values.Add(SequenceForward.ResponseValues(models.Value, chunk, chunkReal));
-            var rows = Enumerable.Range((int)start, (int)count).ToList();
-            scores.Add(models.Scorer.Score(chunk, rows.Select(i => prompts[i].Text).ToList(), rows.Select(i => responses[i]).ToList()));
+            chunks.Add((new SequenceBatch(batch.Ids.narrow(0, start, count), batch.AttentionMask.narrow(0, start, count), batch.PromptLength),
+                real.narrow(0, start, count), Enumerable.Range((int)start, (int)count).ToList()));
         }
+        // One model at a time, each inside its own inference-weights scope: the compute-dtype (and fused) weight copies
+        // are made once per model instead of every forward casting (and concatenating) every weight again. The reference
+        // scope opens after the adapters are disabled and closes before they come back (copies never outlive the
+        // adapter state they were made in).
+        using (models.Policy.UseInferenceWeights())
+            foreach (var (chunk, chunkReal, _) in chunks)
+                logProbs.Add(SequenceForward.ResponseLogProbs(models.Policy, chunk, chunkReal, settings.Temperature));
+        using (models.UseReference(out var reference))
+        using (reference.UseInferenceWeights())
+            foreach (var (chunk, chunkReal, _) in chunks)
+                refLogProbs.Add(SequenceForward.ResponseLogProbs(reference, chunk, chunkReal, settings.Temperature));
+        if (models.Value is { } valueModel)
+            using (valueModel.UseInferenceWeights())
+                foreach (var (chunk, chunkReal, _) in chunks)
+                    values.Add(SequenceForward.ResponseValues(valueModel, chunk, chunkReal));
+        foreach (var (chunk, _, rows) in chunks)
+            scores.Add(models.Scorer.Score(chunk, rows.Select(i => prompts[i].Text).ToList(), rows.Select(i => responses[i]).ToList()));
         var stopTensor = torch.tensor(settings.StopIds.ToArray(), dtype: ScalarType.Int64, device: batch.Ids.device);
         var last = ResponseMasks.LastRealIndex(real).clamp_min(0).unsqueeze(1);
         var ended = batch.Responses.gather(1, last).squeeze(1).isin(stopTensor).logical_and(real.any(-1));

@@ -28,6 +28,7 @@ public sealed class RewardModelScorer(ScoreModel model, string name, bool owned 
     public Tensor Score(SequenceBatch batch, IReadOnlyList<string> prompts, IReadOnlyList<string> responses)
     {
         using var noGrad = no_grad();
+        using var weights = Model.UseInferenceWeights();
         return SequenceForward.SequenceScores(Model, batch);
     }
 

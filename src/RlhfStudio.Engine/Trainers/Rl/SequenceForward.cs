@@ -25,7 +25,10 @@ public static class SequenceForward
         var hidden = model.Hidden(batch.Ids, batch.AttentionMask);                               // (B, P+N, C)
         var predicting = hidden.narrow(1, batch.PromptLength - 1, batch.ResponseLength);        // (B, N, C)
         var logits = model.Logits(predicting).to(ScalarType.Float32);
-        return logits.div(temperature + 1e-7).MoveToOuterDisposeScope();
+        using var divisor = (temperature + 1e-7).ToScalar();
+        // Without autograd the (B, N, V) fp32 logits are a temporary of this method (the model's output or its fp32
+        // cast): divide in place, the same values without one more B x N x V buffer; under autograd a new tensor.
+        return (torch.is_grad_enabled() ? logits.div(divisor) : logits.div_(divisor)).MoveToOuterDisposeScope();
     }
 
     /// <summary>log_softmax(logits) at each chosen token (TRL selective_log_softmax): (B, N, V), (B, N) -> (B, N).</summary>
