@@ -6,9 +6,14 @@
 //                                                       answers {text, upvotes, selected} (20,000 / 500)
 //   arithmetic-prompts      prompt                      PPO, RLOO (20,000 / 500)
 //
-// SFT completions are mostly the bare correct result, but 10% are imperfect (5% off by one, 5% correct
-// and then rambling), so SFT alone does not reach the best true score and RL has room to improve.
-// Scored answers per question: the correct one plus three of {rambling, off by one, wrong, no answer},
+// SFT completions are the demonstrations of hedging annotators, the way real SFT data often is: 55% give the right
+// number and then hedge (", I think."), 10% say "The answer is 82.", 30% give the bare number and 5% are off by one.
+// Every hedge starts with the same token, so a model trained on them hedges under greedy decoding too: its answers
+// score 0.5 (right number, extra text) where a clean one scores 1. The votes of the scored Q&A set prefer clean answers
+// to hedged or rambling ones, so the reward model can learn what SFT could not, and RL has real room to improve the
+// true score. (With 5% hedging the SFT model never hedged greedily, and RL could only try to improve the arithmetic
+// itself, which it did not: measured with PPO, RLOO and DPO, all at or below the SFT model.)
+// Scored answers per question: the correct one plus three of {hedged or rambling, off by one, wrong, no answer},
 // with upvotes that mostly follow quality (5% of questions swap the correct and off-by-one votes:
 // label noise, as real votes have). Every set is generated in full from the seed, row by row.
 using RlhfStudio.Engine.Jobs;
@@ -24,6 +29,9 @@ public static class BuiltinDatasets
 
     public static readonly IReadOnlyList<string> Names = [Arithmetic, ArithmeticSft, ArithmeticPreferences, ArithmeticPrompts];
     public static readonly IReadOnlyList<string> Splits = ["train", "test"];
+
+    /// <summary>What hedging annotators append to the right number (each starts with ", " so that one next token decides).</summary>
+    internal static readonly string[] Hedges = [", I think.", ", I guess.", ", I believe.", ", if I am not wrong."];
 
     private static readonly string[] Rambles =
     [
@@ -97,8 +105,8 @@ public static class BuiltinDatasets
         return u switch
         {
             < 0.05 => OffByOne(result, rng).ToString(),
-            < 0.10 => result + "." + Rambles[rng.Next(Rambles.Length)],
-            < 0.15 => $"The answer is {result}.",
+            < 0.60 => result + Hedges[rng.Next(Hedges.Length)],
+            < 0.70 => $"The answer is {result}.",
             _ => ArithmeticTask.CleanAnswer(result),
         };
     }
@@ -111,7 +119,7 @@ public static class BuiltinDatasets
         var answers = new List<Candidate> { new("correct", correct, rng.Next(6, 31), rng.NextDouble() < 0.7) };
         var others = new List<Candidate>
         {
-            new("rambling", result + "." + Rambles[rng.Next(Rambles.Length)], rng.Next(1, 7)),
+            new("rambling", rng.Next(2) == 0 ? result + Hedges[rng.Next(Hedges.Length)] : result + "." + Rambles[rng.Next(Rambles.Length)], rng.Next(1, 7)),
             new("off-by-one", OffByOne(result, rng).ToString(), rng.Next(0, 4)),
             new("wrong", WrongAnswer(result, rng).ToString(), rng.Next(-3, 2)),
             new("missing", rng.Next(2) == 0 ? "I do not know." : "That is a hard one, sorry.", rng.Next(-4, 1)),

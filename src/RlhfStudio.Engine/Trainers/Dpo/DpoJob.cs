@@ -44,6 +44,12 @@ public sealed class DpoJob : ITrainingJob
             {
                 var clock = Stopwatch.StartNew();
                 long total = trainPairs.Count + evalPairs.Count;
+                // TRL precomputes every pair; a short run over a large set would spend most of its time here.
+                long used = spec.Training.MaxSteps > 0 ? (long)spec.Training.MaxSteps * spec.Training.BatchSize * spec.Training.GradientAccumulation : long.MaxValue;
+                if (used < trainPairs.Count / 2)
+                    reporter.Event(RunEvent.Warn("precompute-unused", $"precomputing the reference log-probabilities of all {trainPairs.Count:N0} training pairs, " +
+                        $"though {spec.Training.MaxSteps} steps use at most {used:N0} of them; with precomputeReferenceLogProbs false the reference runs " +
+                        "alongside each batch instead (one forward pass without a graph per step)"));
                 try
                 {
                     precomputed = ReferenceLogProbs.Compute(reference, trainPairs, evalPairs, spec.Training.BatchSize, setup.Tokenizer.PadId ?? setup.Tokenizer.EosId ?? 0, setup.Device,
