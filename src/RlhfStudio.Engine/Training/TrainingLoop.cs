@@ -118,7 +118,18 @@ public sealed class TrainingLoop<TBatch>
 
             bool last = _record.Step == totalSteps;
             if (_record.Step % _checkpoints.LoggingSteps == 0 || last) Log(sampler, schedule);
-            if ((_checkpoints.EvalSteps > 0 && _record.Step % _checkpoints.EvalSteps == 0) || last) Evaluate(meter);
+            if ((_checkpoints.EvalSteps > 0 && _record.Step % _checkpoints.EvalSteps == 0) || last)
+            {
+                try
+                {
+                    Evaluate(meter);
+                }
+                catch (OperationCanceledException) when (_context.Cancellation.IsCancellationRequested)
+                {
+                    // Cancelled while generating the evaluation's samples: the step itself is complete, so it is checkpointed.
+                    return Cancel(sampler, schedule, optimizer, totalSteps, meter);
+                }
+            }
             if ((_checkpoints.SaveSteps > 0 && _record.Step % _checkpoints.SaveSteps == 0) || last)
             {
                 meter.Report(_record.Step, "save", force: true);

@@ -114,6 +114,21 @@ public class SftJobTests(TrainerWorkspace workspace) : IClassFixture<TrainerWork
     }
 
     [Fact]
+    public void Cancelling_during_evaluation_keeps_a_checkpoint_of_the_step_reached()
+    {
+        using var dir = new TempDir();
+        var spec = workspace.Sft(maxSteps: 6, saveSteps: 0) with
+        {
+            Checkpoints = new CheckpointSettings { LoggingSteps = 1, EvalSteps = 3, SaveSteps = 0, KeepLast = 0 },
+        };
+        // The step-3 metrics arrive before its evaluation, whose sample generation then sees the cancelled token.
+        var (cancelled, reporter) = JobRecorder.Run(spec, dir.Path, cancelAfterStep: 3);
+        Assert.Equal(RunEndState.Cancelled, cancelled.State);
+        Assert.EndsWith("checkpoint-3", cancelled.LastCheckpoint);
+        Assert.DoesNotContain(reporter.Events, e => e.Level == RunEventLevel.Error);
+    }
+
+    [Fact]
     public void Packing_trains_on_constant_length_blocks()
     {
         using var dir = new TempDir();
