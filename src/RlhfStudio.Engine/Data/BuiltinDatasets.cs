@@ -115,13 +115,13 @@ public static class BuiltinDatasets
 
     private static List<object?> ScoredAnswers(int result, Random rng)
     {
-        var correct = rng.Next(4) == 0 ? $"The answer is {result}." : ArithmeticTask.CleanAnswer(result);
+        var correct = Phrase(result, rng);
         var answers = new List<Candidate> { new("correct", correct, rng.Next(6, 31), rng.NextDouble() < 0.7) };
         var others = new List<Candidate>
         {
             new("rambling", rng.Next(2) == 0 ? result + Hedges[rng.Next(Hedges.Length)] : result + "." + Rambles[rng.Next(Rambles.Length)], rng.Next(1, 7)),
-            new("off-by-one", OffByOne(result, rng).ToString(), rng.Next(0, 4)),
-            new("wrong", WrongAnswer(result, rng).ToString(), rng.Next(-3, 2)),
+            new("off-by-one", Phrase(OffByOne(result, rng), rng), rng.Next(0, 4)),
+            new("wrong", Phrase(WrongAnswer(result, rng), rng), rng.Next(-3, 2)),
             new("missing", rng.Next(2) == 0 ? "I do not know." : "That is a hard one, sorry.", rng.Next(-4, 1)),
         };
         others.RemoveAt(rng.Next(others.Count));
@@ -137,6 +137,11 @@ public static class BuiltinDatasets
         }
         return answers.Select(a => (object?)new Dictionary<string, object?> { ["text"] = a.Text, ["upvotes"] = a.Upvotes, ["selected"] = a.Accepted }).ToList();
     }
+
+    // Right and wrong numbers are phrased alike ("The answer is N." a quarter of the time), so the phrasing says nothing
+    // about which answer is chosen: a reward model must look at the number. (When only right answers were phrased so, the
+    // reward model learned the phrase and PPO wrote it before every number, right or wrong.)
+    private static string Phrase(int number, Random rng) => rng.Next(4) == 0 ? $"The answer is {number}." : ArithmeticTask.CleanAnswer(number);
 
     private static int OffByOne(int result, Random rng) => result == 0 || rng.Next(2) == 0 ? result + 1 : result - 1;
 

@@ -100,6 +100,22 @@ public class ArithmeticTests
     }
 
     [Fact]
+    public void The_phrasing_of_a_number_does_not_tell_chosen_from_rejected()
+    {
+        var data = Dataset.Open(new DatasetRef { Builtin = "arithmetic" }, TrainingMethod.Reward, seed: 5);
+        var pairs = data.Examples(DatasetPart.Train).Cast<PreferenceExample>().Take(20_000).ToList();
+        var numeric = new System.Text.RegularExpressions.Regex(@"^(The answer is )?-?\d+\.?$");
+        static double Share(List<string> answers) => answers.Count(a => a.StartsWith("The answer is", StringComparison.Ordinal)) / (double)answers.Count;
+        var chosen = pairs.Select(p => p.Chosen.ToString()).Where(a => numeric.IsMatch(a)).ToList();
+        var wrongRejected = pairs.Where(p => numeric.IsMatch(p.Rejected.ToString()) && !ArithmeticScorer.IsCorrect(p.Prompt.ToString(), p.Rejected.ToString()))
+            .Select(p => p.Rejected.ToString()).ToList();
+        Assert.True(chosen.Count > 1000 && wrongRejected.Count > 1000);
+        // "The answer is" a quarter of the time on either side: the phrase carries no preference.
+        Assert.InRange(Share(chosen), 0.2, 0.3);
+        Assert.InRange(Share(wrongRejected), 0.2, 0.3);
+    }
+
+    [Fact]
     public void Scored_answers_give_pairs_whose_chosen_answer_is_mostly_truly_better()
     {
         var data = Dataset.Open(new DatasetRef { Builtin = "arithmetic" }, TrainingMethod.Reward, seed: 3);
