@@ -120,8 +120,8 @@ public static class BuiltinDatasets
         var others = new List<Candidate>
         {
             new("rambling", rng.Next(2) == 0 ? result + Hedges[rng.Next(Hedges.Length)] : result + "." + Rambles[rng.Next(Rambles.Length)], rng.Next(1, 7)),
-            new("off-by-one", Phrase(OffByOne(result, rng), rng), rng.Next(0, 4)),
-            new("wrong", Phrase(WrongAnswer(result, rng), rng), rng.Next(-3, 2)),
+            new("off-by-one", HedgedOrPhrased(OffByOne(result, rng), rng), rng.Next(0, 4)),
+            new("wrong", HedgedOrPhrased(WrongAnswer(result, rng), rng), rng.Next(-3, 2)),
             new("missing", rng.Next(2) == 0 ? "I do not know." : "That is a hard one, sorry.", rng.Next(-4, 1)),
         };
         others.RemoveAt(rng.Next(others.Count));
@@ -142,6 +142,9 @@ public static class BuiltinDatasets
     // about which answer is chosen: a reward model must look at the number. (When only right answers were phrased so, the
     // reward model learned the phrase and PPO wrote it before every number, right or wrong.)
     private static string Phrase(int number, Random rng) => rng.Next(4) == 0 ? $"The answer is {number}." : ArithmeticTask.CleanAnswer(number);
+
+    // Wrong numbers hedge as often as right ones do in the SFT data, so a hedge says nothing about the number.
+    private static string HedgedOrPhrased(int number, Random rng) => rng.NextDouble() < 0.55 ? number + Hedges[rng.Next(Hedges.Length)] : Phrase(number, rng);
 
     private static int OffByOne(int result, Random rng) => result == 0 || rng.Next(2) == 0 ? result + 1 : result - 1;
 
