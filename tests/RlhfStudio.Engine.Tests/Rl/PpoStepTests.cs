@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Adapters;
 using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Trainers.Rl;
@@ -120,7 +121,7 @@ public class PpoStepTests
         using var models = RlTestKit.Models(lora);
         var spec = RlTestKit.PpoSpec(maxSteps: 1, adapter: kind);
         var before = Snapshot(models);
-        var reporter = new RlRecorder();
+        var reporter = new JobRecorder();
         var output = RlTestKit.TempDir();
         var trainer = new RlTrainer(new RunContext(spec, output, reporter, CancellationToken.None), models,
             PromptSet.Of(RlTestKit.Prompts(8)), Ppo());

@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Adapters;
 using RlhfStudio.Engine.IO;
 using RlhfStudio.Engine.Jobs;
@@ -9,9 +10,9 @@ namespace RlhfStudio.Engine.Tests.Rl;
 
 public class RlJobTests
 {
-    private static (RunOutcome Outcome, RlRecorder Reporter) Run(RunSpec spec, string output, long? cancelAfter = null, string? resumeFrom = null)
+    private static (RunOutcome Outcome, JobRecorder Reporter) Run(RunSpec spec, string output, long? cancelAfter = null, string? resumeFrom = null)
     {
-        var reporter = new RlRecorder { CancelAfterStep = cancelAfter };
+        var reporter = new JobRecorder { CancelAfterStep = cancelAfter };
         var job = TrainingJobs.Create(spec);
         var outcome = job.Run(new RunContext(spec, output, reporter, reporter.Cancellation.Token, resumeFrom));
         return (outcome, reporter);

@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Text;
@@ -27,7 +28,7 @@ public sealed class RlLearningTests
     private static (double First, double Last) Run(RunSpec spec, IRlObjective objective)
     {
         using var models = Models();
-        var reporter = new RlRecorder();
+        var reporter = new JobRecorder();
         var trainer = new RlTrainer(new RunContext(spec, RlTestKit.TempDir(), reporter, CancellationToken.None), models,
             PromptSet.Of(RlTestKit.Prompts(64)), objective);
         Assert.Equal(RunEndState.Completed, trainer.Run().State);

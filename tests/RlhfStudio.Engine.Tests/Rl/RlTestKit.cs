@@ -83,27 +83,3 @@ internal static class RlTestKit
         return dir;
     }
 }
-
-/// <summary>Records everything a job reports; cancels the run when the metrics of <see cref="CancelAfterStep"/> arrive.</summary>
-internal sealed class RlRecorder : IRunReporter
-{
-    public CancellationTokenSource Cancellation { get; } = new();
-    public long? CancelAfterStep { get; init; }
-    public List<(long Step, IReadOnlyDictionary<string, double> Values)> MetricLog { get; } = [];
-    public List<(long Step, IReadOnlyList<SampleRow> Rows)> SampleLog { get; } = [];
-    public List<CheckpointReport> Checkpoints { get; } = [];
-    public List<RunEvent> Events { get; } = [];
-
-    public void Metrics(long step, IReadOnlyDictionary<string, double> values)
-    {
-        MetricLog.Add((step, values));
-        if (step == CancelAfterStep) Cancellation.Cancel();
-    }
-
-    public void Samples(long step, IReadOnlyList<SampleRow> rows) => SampleLog.Add((step, rows));
-    public void Checkpoint(CheckpointReport checkpoint) => Checkpoints.Add(checkpoint);
-    public void Progress(RunProgress progress) { }
-    public void Event(RunEvent runEvent) => Events.Add(runEvent);
-
-    public IReadOnlyDictionary<string, double> At(long step) => MetricLog.Last(m => m.Step == step).Values;
-}

@@ -111,6 +111,9 @@ internal sealed class JobRecorder : IRunReporter
     public void Progress(RunProgress progress) { }
     public void Event(RunEvent runEvent) => Events.Add(runEvent);
 
+    /// <summary>The last metrics reported at <paramref name="step"/>.</summary>
+    public IReadOnlyDictionary<string, double> At(long step) => MetricLog.Last(m => m.Step == step).Values;
+
     public SortedDictionary<long, double> Series(string metric) =>
         new(MetricLog.Where(m => m.Values.ContainsKey(metric)).GroupBy(m => m.Step).ToDictionary(g => g.Key, g => g.Last().Values[metric]));
 
