@@ -23,6 +23,7 @@ public static class CliApp
         TrainCommand.Dpo,
         EvalCommands.Arithmetic,
         EvalCommands.Reward,
+        EvalCommands.Kl,
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)

@@ -20,5 +20,18 @@ public class TrainRlCommandTests(TinyTrainingFolder folder) : IClassFixture<Tiny
         Assert.Contains($"final model in {final}", run.Out);
         using var model = ModelLoader.Load(final);
         Assert.Equal(2, model.Config.NumHiddenLayers);
+
+        // The tuned policy's KL from its reference on responses it samples: 0 against itself, finite against the start.
+        var self = CliRun.Of("eval", "kl", "--model", folder.Model, "--reference", folder.Model, "--prompts", "4", "--max-new-tokens", "6", "--json");
+        Assert.True(self.ExitCode == 0, self.Error + self.Out);
+        var selfJson = System.Text.Json.JsonDocument.Parse(self.Out).RootElement;
+        Assert.Equal(0, selfJson.GetProperty("kl").GetDouble(), 9);
+        Assert.Equal(4, selfJson.GetProperty("responses").GetInt32());
+        var moved = CliRun.Of("eval", "kl", "--model", final, "--reference", folder.Model, "--prompts", "4", "--max-new-tokens", "6");
+        Assert.True(moved.ExitCode == 0, moved.Error + moved.Out);
+        Assert.Matches(@"^KL -?\d+\.\d{3} nats per response", moved.Out);
+        var missing = CliRun.Of("eval", "kl", "--model", final);
+        Assert.NotEqual(0, missing.ExitCode);
+        Assert.Contains("--reference", missing.Error);
     }
 }

@@ -7,11 +7,13 @@ using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Text;
 using RlhfStudio.Engine.Trainers;
+using RlhfStudio.Engine.Trainers.Rl;
 
 namespace RlhfStudio.Cli.Commands;
 
-/// <summary><c>eval arithmetic</c> (does a policy answer held-out questions?) and <c>eval reward</c> (does a reward model
-/// rank held-out pairs?), both on the built-in task's test split, which no training split contains.</summary>
+/// <summary><c>eval arithmetic</c> (does a policy answer held-out questions?), <c>eval reward</c> (does a reward model
+/// rank held-out pairs?), both on the built-in task's test split, which no training split contains, and <c>eval kl</c>
+/// (how far has a tuned policy moved from its reference?).</summary>
 internal static class EvalCommands
 {
     public static CommandSpec Arithmetic { get; } = new("eval arithmetic", [], ["model", "prompts", "seed", "max-new-tokens", "template", "dtype", "show", "threads"], ["json"],
@@ -21,6 +23,10 @@ internal static class EvalCommands
     public static CommandSpec Reward { get; } = new("eval reward", [], ["model", "pairs", "seed", "max-length", "template", "dtype", "threads"], ["json"],
         "held-out pair accuracy (r_chosen > r_rejected) of a reward model on the built-in preference test split",
         RunReward);
+
+    public static CommandSpec Kl { get; } = new("eval kl", [], ["model", "reference", "prompts", "seed", "temperature", "max-new-tokens", "template", "dtype", "threads"], ["json"],
+        "KL of a tuned policy from its reference on responses it samples for held-out arithmetic questions (TRL's objective/kl estimator)",
+        RunKl);
 
     private static int RunArithmetic(Arguments args, CliOutput output)
     {
@@ -92,6 +98,44 @@ internal static class EvalCommands
         }
         output.Out.WriteLine($"pair accuracy {Percent(accuracy)} ({correct}/{n}), mean margin {(margin / n).ToString("F3", CultureInfo.InvariantCulture)} on {n} held-out " +
             $"preference pairs (seed {seed}, template {template.Name}, {clock.Elapsed.TotalSeconds:F1} s)");
+        return 0;
+    }
+
+    private static int RunKl(Arguments args, CliOutput output)
+    {
+        var folder = CommandHelpers.ModelFolder(args.String("model") ?? throw new UsageException("--model DIR is required"));
+        var referenceFolder = CommandHelpers.ModelFolder(args.String("reference") ?? throw new UsageException("--reference DIR (the SFT model) is required"));
+        int count = args.Int("prompts", 200, min: 1);
+        int seed = args.Int("seed", 42);
+        double temperature = args.Double("temperature", 0.7);
+        if (!(temperature > 0 && temperature <= 10)) throw new UsageException("--temperature must be above 0 and at most 10 (responses are sampled)");
+        int maxNew = args.Int("max-new-tokens", 16, min: 1);
+        CommandHelpers.Threads(args);
+        var tokenizer = TextTokenizer.Load(folder);
+        var dtype = CommandHelpers.DType(args);
+        using var model = ModelLoader.Load(folder, dtype);
+        using var reference = ModelLoader.Load(referenceFolder, dtype);
+        var template = Template(args, tokenizer, folder, model);
+        var eos = tokenizer.EosId ?? throw new UsageException($"{folder}: the tokenizer has no EOS token, so responses never end");
+        var prompts = ArithmeticEvaluation.HeldOutQuestions(count, seed).Select(q => new RlPrompt(q, template.TokenizePrompt(tokenizer, q))).ToList();
+        var settings = new RolloutSettings(temperature, maxNew, [eos], tokenizer.PadId ?? eos, ForwardBatchSize: 64, MissingEosPenalty: null);
+        var clock = Stopwatch.StartNew();
+        var report = PolicyDivergence.Measure(model, reference, prompts, settings, seed);
+        clock.Stop();
+        if (args.Flag("json"))
+        {
+            output.Out.WriteLine(new JsonObject
+            {
+                ["responses"] = report.Responses,
+                ["kl"] = report.MeanKl,
+                ["mean_response_tokens"] = report.MeanResponseTokens,
+                ["seconds"] = clock.Elapsed.TotalSeconds,
+            }.ToJsonString());
+            return 0;
+        }
+        output.Out.WriteLine($"KL {report.MeanKl.ToString("F3", CultureInfo.InvariantCulture)} nats per response (sum of log pi - log ref over its tokens, " +
+            $"mean of {report.Responses} responses sampled at temperature {temperature.ToString(CultureInfo.InvariantCulture)}, " +
+            $"{report.MeanResponseTokens.ToString("F1", CultureInfo.InvariantCulture)} tokens each; seed {seed}, template {template.Name}, {clock.Elapsed.TotalSeconds:F1} s)");
         return 0;
     }
 

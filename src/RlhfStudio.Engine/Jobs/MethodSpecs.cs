@@ -180,6 +180,10 @@ public sealed record DpoSpec : RunSpec
     public double Beta { get; init; } = 0.1;
     /// <summary>Label smoothing of the conservative DPO variant; 0 = plain sigmoid loss.</summary>
     public double LabelSmoothing { get; init; } = 0;
+    /// <summary>Weight of the negative log-likelihood of the chosen completions added to the DPO loss (TRL's rpo_alpha,
+    /// Pang et al. 2024 "Iterative reasoning preference optimization"); null = plain DPO. It keeps the chosen answers'
+    /// likelihood from falling with the rejected ones'.</summary>
+    public double? RpoAlpha { get; init; }
     /// <summary>Compute reference log-probabilities once before training (precompute_ref_log_probs).</summary>
     public bool PrecomputeReferenceLogProbs { get; init; } = false;
     /// <summary>Reference model; null = the policy's starting weights.</summary>
@@ -191,6 +195,7 @@ public sealed record DpoSpec : RunSpec
     {
         if (!(Beta > 0 && Beta <= 100)) e.Add("beta", "must be above 0 and at most 100");
         if (!(LabelSmoothing >= 0 && LabelSmoothing < 0.5)) e.Add("labelSmoothing", "must be at least 0 and below 0.5");
+        if (RpoAlpha is { } alpha && !(alpha >= 0 && alpha <= 100)) e.Add("rpoAlpha", "must be at least 0 and at most 100");
         if (MaxPromptLength < 1 || MaxPromptLength >= MaxLength) e.Add("maxPromptLength", "must be at least 1 and below maxLength");
         Reference?.Validate(e, "reference");
     }

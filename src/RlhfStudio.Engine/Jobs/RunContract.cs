@@ -123,6 +123,7 @@ public static class MetricNames
     public const string RewardsMargins = "rewards/margins";
     public const string LogpsChosen = "logps/chosen";
     public const string LogpsRejected = "logps/rejected";
+    public const string NllLoss = "nll_loss";
     public const string ObjectiveKl = "objective/kl";
     public const string ObjectiveEntropy = "objective/entropy";
     public const string ObjectiveNonScoreReward = "objective/non_score_reward";

@@ -35,6 +35,8 @@ public class DpoLossTests
         Assert.Equal(0, sums[DpoLoss.ChosenMetric], 6);
         Assert.Equal(-13, sums[DpoLoss.LogpsChosenMetric], 6);
         Assert.Equal(-13, sums[DpoLoss.LogpsRejectedMetric], 6);
+        Assert.Null(result.ChosenNll);                                   // plain DPO: no RPO term, no nll_loss metric
+        Assert.False(sums.ContainsKey(DpoLoss.NllMetric));
     }
 
     [Fact]
@@ -45,6 +47,25 @@ public class DpoLossTests
         // 0.8 * 0.598138869 + 0.2 * 0.798138869 and 0.8 * 0.798138869 + 0.2 * 0.598138869.
         Assert.Equal(0.638138869, losses[0], 6);
         Assert.Equal(0.758138869, losses[1], 6);
+    }
+
+    [Fact]
+    public void Rpo_adds_alpha_times_the_chosen_nll_per_token_to_every_pair_and_pulls_chosen_up()
+    {
+        using var scope = NewDisposeScope();
+        var pc = torch.tensor(PolicyChosen).requires_grad_();
+        var pr = torch.tensor(PolicyRejected).requires_grad_();
+        // The chosen completions hold 5 tokens in all: nll = -(-5 + -8) / 5 = 2.6, times alpha 0.5 = 1.3 on each pair.
+        var result = DpoLoss.Sigmoid(pc, pr, torch.tensor(RefChosen), torch.tensor(RefRejected), 0.1, rpoAlpha: 0.5, chosenTokens: 5);
+        var losses = result.Losses.data<float>().ToArray();
+        Assert.Equal(0.598138869 + 1.3, losses[0], 5);
+        Assert.Equal(0.798138869 + 1.3, losses[1], 5);
+        Assert.Equal(2 * 2.6, DpoLoss.MetricSums(result, pc, pr)[DpoLoss.NllMetric], 5);   // summed over the pairs, as the other metrics
+        result.Losses.sum().backward();
+        // Each pair's term holds 0.5 * -(pc0 + pc1) / 5: two pairs give d/dpc = -0.2 on top of the DPO gradient.
+        Assert.Equal(-0.1 / (1 + Math.Exp(0.2)) - 0.2, pc.grad!.data<float>()[0], 5);
+        Assert.Equal(0.1 / (1 + Math.Exp(0.2)), pr.grad!.data<float>()[0], 5);
+        Assert.Throws<ArgumentOutOfRangeException>(() => DpoLoss.Sigmoid(pc, pr, torch.tensor(RefChosen), torch.tensor(RefRejected), 0.1, rpoAlpha: 1));
     }
 
     [Fact]
@@ -113,5 +134,6 @@ public class DpoDataTests
         Assert.Equal([I, 3, 4, I, 8, 9, I, I, I, 5, I, I, 6, 6, 6, 6], batch.Targets.data<long>().ToArray());
         Assert.Equal(2, batch.Pairs);
         Assert.Equal(15, batch.Tokens);
+        Assert.Equal(4, batch.ChosenTargets);                            // 3, 4 of pair a and 8, 9 of pair b
     }
 }

@@ -14,8 +14,9 @@ namespace RlhfStudio.Engine.Trainers.Dpo;
 
 /// <param name="InputIds">(2P, L): chosen rows 0..P-1, rejected rows P..2P-1.</param>
 /// <param name="Targets">(2P, L-1): the next token where it is a completion token of the row, else IgnoreIndex.</param>
+/// <param name="ChosenTargets">Number of completion tokens predicted in the chosen rows (the RPO term's mean is over them).</param>
 /// <param name="ReferenceChosen">Precomputed reference log-probabilities (P), or null to compute them with the reference.</param>
-public sealed record DpoBatch(Tensor InputIds, Tensor Targets, int Pairs, long Tokens, Tensor? ReferenceChosen = null, Tensor? ReferenceRejected = null)
+public sealed record DpoBatch(Tensor InputIds, Tensor Targets, int Pairs, long Tokens, long ChosenTargets, Tensor? ReferenceChosen = null, Tensor? ReferenceRejected = null)
 {
     public const long IgnoreIndex = -100;
 
@@ -29,7 +30,7 @@ public sealed record DpoBatch(Tensor InputIds, Tensor Targets, int Pairs, long T
         if (length < 2) throw new ArgumentException("every batch needs a sequence of at least 2 tokens", nameof(pairs));
         var ids = new long[b * length];
         var targets = new long[b * (length - 1)];
-        long tokens = 0;
+        long tokens = 0, chosenTargets = 0;
         for (int r = 0; r < b; r++)
         {
             var row = rows[r];
@@ -41,6 +42,7 @@ public sealed record DpoBatch(Tensor InputIds, Tensor Targets, int Pairs, long T
                 // Position t-1 predicts token t: a target only where token t is a real completion token. The first
                 // token is never predicted, so a completion starting at 0 (no prompt) loses its first token, as in TRL.
                 if (t > 0) targets[r * (length - 1) + t - 1] = real && row.Completion[t] ? row.Ids[t] : IgnoreIndex;
+                if (t > 0 && r < pairs.Count && real && row.Completion[t]) chosenTargets++;
             }
         }
         Tensor? refChosen = null, refRejected = null;
@@ -53,7 +55,7 @@ public sealed record DpoBatch(Tensor InputIds, Tensor Targets, int Pairs, long T
         return new DpoBatch(
             torch.tensor(ids, [b, length], dtype: ScalarType.Int64, device: device),
             torch.tensor(targets, [b, length - 1], dtype: ScalarType.Int64, device: device),
-            pairs.Count, tokens, refChosen, refRejected);
+            pairs.Count, tokens, chosenTargets, refChosen, refRejected);
     }
 
     /// <summary>Summed completion log-probabilities (2P) in fp32 under <paramref name="model"/>, with its graph (the

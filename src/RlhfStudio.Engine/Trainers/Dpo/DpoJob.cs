@@ -22,7 +22,8 @@ public sealed class DpoJob : ITrainingJob
         using var setup = ModelSetup.ForCausalLm(spec, reporter);
         using var reference = DpoReference.Create(spec, setup);
         reporter.Event(RunEvent.Info($"reference model: {reference.Description}; beta {spec.Beta}" +
-            (spec.LabelSmoothing > 0 ? $", label smoothing {spec.LabelSmoothing} (cDPO)" : "")));
+            (spec.LabelSmoothing > 0 ? $", label smoothing {spec.LabelSmoothing} (cDPO)" : "") +
+            (spec.RpoAlpha is { } alpha ? $", rpo_alpha {alpha} (NLL of the chosen answers added)" : "")));
 
         var (train, eval) = Tokenize(spec, dataset, setup, reporter);
         var samples = SampleTable(spec, eval.Select(p => p.Example), setup, reference, context.Cancellation);

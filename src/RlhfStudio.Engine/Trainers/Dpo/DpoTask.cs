@@ -76,7 +76,8 @@ public sealed class DpoTask : ITrainingTask<DpoBatch>
             (referenceChosen, referenceRejected) = (batch.ReferenceChosen, batch.ReferenceRejected);
         else
             (referenceChosen, referenceRejected) = batch.Split(_reference.LogProbs(batch));
-        var result = DpoLoss.Sigmoid(policyChosen, policyRejected, referenceChosen, referenceRejected, _spec.Beta, _spec.LabelSmoothing);
+        var result = DpoLoss.Sigmoid(policyChosen, policyRejected, referenceChosen, referenceRejected, _spec.Beta, _spec.LabelSmoothing,
+            _spec.RpoAlpha, batch.ChosenTargets);
         return (result, policyChosen, policyRejected);
     }
 

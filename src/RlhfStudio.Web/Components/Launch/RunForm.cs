@@ -103,6 +103,7 @@ public sealed class RunForm
     // ---- DPO --------------------------------------------------------------------------------
     public double Beta { get => (Spec as DpoSpec)?.Beta ?? 0.1; set { if (Spec is DpoSpec s) Spec = s with { Beta = value }; } }
     public double LabelSmoothing { get => (Spec as DpoSpec)?.LabelSmoothing ?? 0; set { if (Spec is DpoSpec s) Spec = s with { LabelSmoothing = value }; } }
+    public double? RpoAlpha { get => (Spec as DpoSpec)?.RpoAlpha; set { if (Spec is DpoSpec s) Spec = s with { RpoAlpha = value }; } }
     public int MaxPromptLength { get => (Spec as DpoSpec)?.MaxPromptLength ?? 128; set { if (Spec is DpoSpec s) Spec = s with { MaxPromptLength = value }; } }
 
     // ---- validation -------------------------------------------------------------------------

@@ -57,7 +57,7 @@ public partial class NewRun
         "training.batchSize", "training.gradientAccumulation", "training.warmupRatio", "training.weightDecay", "checkpoints.evalSteps",
         "checkpoints.saveSteps", "checkpoints.keepLast", "checkpoints.loggingSteps", "sampling.maxNewTokens", "sampling.temperature", "numSamples", "centerRewardsCoefficient",
         "klCoef", "numPpoEpochs", "numMiniBatches", "clipRange", "missingEosPenalty", "vfCoef", "gamma", "lam", "targetKl", "rlooK", "beta",
-        "labelSmoothing", "maxPromptLength",
+        "labelSmoothing", "rpoAlpha", "maxPromptLength",
     ];
 
     /// <summary>The spec's errors plus those the catalog found at the last launch (paths outside the roots);
