@@ -165,8 +165,9 @@ public static class Profile
             Add("decode:   MLP block", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.mlp.forward(x); }), Generate.NewTokens * c.NumHiddenLayers);
             Add("decode:   RMSNorm", config, dtype, PerCall(() => { using var s = NewDisposeScope(); layer.input_layernorm.forward(x); }), Generate.NewTokens * (2 * c.NumHiddenLayers + 1));
             Add("decode:   rotary cos/sin", config, dtype, PerCall(() => { using var s = NewDisposeScope(); Rotary.CosSin(invFreq, pos, dtype); }), Generate.NewTokens);
-            using var q = torch.randn([Batch, c.NumAttentionHeads, 1, c.HeadDim]).to(dtype);
-            using var k = torch.randn([Batch, c.NumAttentionHeads, Context, c.HeadDim]).to(dtype);
+            // In the cache's dtype, as a decode step attends (fp32 under bf16 compute: see CausalLanguageModel.NewCache).
+            using var q = torch.randn([Batch, c.NumAttentionHeads, 1, c.HeadDim]).to(cache.Dtype);
+            using var k = torch.randn([Batch, c.NumAttentionHeads, Context, c.HeadDim]).to(cache.Dtype);
             Add("decode:   SDPA alone", config, dtype, PerCall(() => { using var s = NewDisposeScope(); F.scaled_dot_product_attention(q, k, k); }), Generate.NewTokens * c.NumHiddenLayers);
             cos.Dispose();
             sin.Dispose();

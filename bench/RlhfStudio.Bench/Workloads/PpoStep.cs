@@ -10,15 +10,37 @@ namespace RlhfStudio.Bench.Workloads;
 /// prompts and scorer: batch 8, 128 new tokens at temperature 1 (a fresh model rarely samples EOS, so rows run to
 /// the end), bf16 compute. The phase split comes from the trainer's own metrics (time/rollout_s, time/optimize_s);
 /// pure generation of the same prompts with the same settings (RolloutSampler.Sample alone) is timed next to it, for
-/// the rollout overhead. The first step is a warm-up. No PyTorch counterpart: TRL is not installed here.</summary>
+/// the rollout overhead. The first step is a warm-up. The run uses TRL's route for the policy's log-probabilities
+/// (taken from the sampling loop); a second run with recomputeLogProbs (a forward more, exact first ratio) gives the
+/// rollout of that mode too. No PyTorch counterpart: TRL is not installed here.</summary>
 public static class PpoStep
 {
     public const int Batch = 8, NewTokens = 128, Epochs = 4;
 
     public static Measurement Run(string id, ScalarType dtype, int repetitions)
     {
-        int steps = repetitions + 1;
-        var spec = (PpoSpec)RunSpec.FromJson($$"""
+        var (rollout, optimize, total) = Steps(dtype, repetitions, recomputeLogProbs: false);
+        var (exactRollout, _, _) = Steps(dtype, repetitions, recomputeLogProbs: true);
+        double generation = PureGeneration(Spec(dtype, repetitions + 1, recomputeLogProbs: false), repetitions);
+        double best = total.Min();
+        return new Measurement(id, "steps/min", 60 / best, 60 / Median(total), total.Count, best * 1000,
+            Notes: $"batch {Batch}, {NewTokens} new tokens, {Epochs} epochs; rollout {rollout.Min() * 1000:F0} ms = {rollout.Min() / generation:F2}x pure generation " +
+                   $"{generation * 1000:F0} ms (log-probs from sampling, TRL); recomputing them: {exactRollout.Min() * 1000:F0} ms = {exactRollout.Min() / generation:F2}x")
+        {
+            Phases = new Dictionary<string, double>
+            {
+                ["step (best)"] = best * 1000,
+                ["rollout (best), policy log-probs from the sampling loop (TRL)"] = rollout.Min() * 1000,
+                ["  pure generation, same prompts and settings (best)"] = generation * 1000,
+                ["  scoring: reference log-probs, values, rewards (rollout - generation)"] = (rollout.Min() - generation) * 1000,
+                ["rollout (best), policy log-probs recomputed by a forward (recomputeLogProbs)"] = exactRollout.Min() * 1000,
+                ["optimise: 4 PPO epochs (best)"] = optimize.Min() * 1000,
+            },
+        };
+    }
+
+    private static PpoSpec Spec(ScalarType dtype, int steps, bool recomputeLogProbs) =>
+        (PpoSpec)RunSpec.FromJson($$"""
             {
               "method": "ppo", "name": "bench-ppo", "model": { "preset": "tiny" },
               "reward": { "builtin": "arithmetic" }, "dataset": { "builtin": "arithmetic" },
@@ -26,10 +48,16 @@ public static class PpoStep
               "training": { "learningRate": 1e-5, "maxSteps": {{steps}}, "batchSize": {{Batch}}, "maxGradNorm": 1.0 },
               "adapter": { "kind": "full" },
               "sampling": { "maxNewTokens": {{NewTokens}}, "temperature": 1.0 },
-              "numPpoEpochs": {{Epochs}}, "numMiniBatches": 1, "sampleSteps": 1000,
+              "numPpoEpochs": {{Epochs}}, "numMiniBatches": 1, "sampleSteps": 1000, "recomputeLogProbs": {{(recomputeLogProbs ? "true" : "false")}},
               "checkpoints": { "saveSteps": 0, "keepLast": 1 }
             }
             """);
+
+    /// <summary>Rollout, optimisation and total seconds of each step after the warm-up one.</summary>
+    private static (List<double> Rollout, List<double> Optimize, List<double> Total) Steps(ScalarType dtype, int repetitions, bool recomputeLogProbs)
+    {
+        int steps = repetitions + 1;
+        var spec = Spec(dtype, steps, recomputeLogProbs);
         var folder = Path.Combine(Path.GetTempPath(), $"rlhfstudio-bench-ppo-{Environment.ProcessId}");
         try
         {
@@ -37,23 +65,8 @@ public static class PpoStep
             var outcome = new PpoJob(spec).Run(new RunContext(spec, folder, reporter, CancellationToken.None));
             if (outcome.State != RunEndState.Completed) throw new InvalidOperationException($"PPO run ended {outcome.State}: {outcome.Message}");
             var timed = reporter.Steps.Where(s => s.Key > 1).Select(s => s.Value).ToList();
-            var rollout = timed.Select(m => m[RlTrainer.RolloutSecondsMetric]).ToList();
-            var optimize = timed.Select(m => m[RlTrainer.OptimizeSecondsMetric]).ToList();
-            var total = timed.Select(m => m[RlTrainer.RolloutSecondsMetric] + m[RlTrainer.OptimizeSecondsMetric]).ToList();
-            double generation = PureGeneration(spec, repetitions);
-            double best = total.Min();
-            return new Measurement(id, "steps/min", 60 / best, 60 / Median(total), total.Count, best * 1000,
-                Notes: $"batch {Batch}, {NewTokens} new tokens, {Epochs} epochs; rollout {rollout.Min() * 1000:F0} ms = {rollout.Min() / generation:F2}x pure generation {generation * 1000:F0} ms")
-            {
-                Phases = new Dictionary<string, double>
-                {
-                    ["step (best)"] = best * 1000,
-                    ["rollout (best)"] = rollout.Min() * 1000,
-                    ["  pure generation, same prompts and settings (best)"] = generation * 1000,
-                    ["  scoring: policy/reference log-probs, values, rewards (rollout - generation)"] = (rollout.Min() - generation) * 1000,
-                    ["optimise: 4 PPO epochs (best)"] = optimize.Min() * 1000,
-                },
-            };
+            return (timed.Select(m => m[RlTrainer.RolloutSecondsMetric]).ToList(), timed.Select(m => m[RlTrainer.OptimizeSecondsMetric]).ToList(),
+                timed.Select(m => m[RlTrainer.RolloutSecondsMetric] + m[RlTrainer.OptimizeSecondsMetric]).ToList());
         }
         finally
         {

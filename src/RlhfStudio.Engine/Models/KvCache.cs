@@ -16,6 +16,8 @@ public sealed class KvCache : IDisposable
     /// <summary>Positions filled so far.</summary>
     public long Length { get; private set; }
     public int Layers => _keys.Length;
+    /// <summary>dtype of the cached keys and values (the dtype a one-token decode step attends in).</summary>
+    public ScalarType Dtype => _keys[0].dtype;
 
     public KvCache(int layers, long batch, int kvHeads, long maxLength, int headDim, ScalarType dtype, Device? device = null)
     {

@@ -14,6 +14,30 @@ public class PpoStepTests
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
+    public void Log_probs_from_the_sampling_loop_match_the_recomputed_ones_in_fp32(bool lora)
+    {
+        // TRL's route (recomputeLogProbs false): the rollout keeps the sampling loop's log-probabilities. In fp32 they are
+        // the forward's up to rounding, so the first ratio is 1 to 1e-5 and nothing is clipped.
+        using var models = RlTestKit.Models(lora);
+        var settings = RlTestKit.Settings(forwardBatch: 2) with { LogProbsFromSampling = true };
+        using var sampled = RolloutSampler.Collect(models, RlTestKit.Prompts(4), settings, seed: 11);
+        using var recomputed = RolloutSampler.Collect(models, RlTestKit.Prompts(4), settings with { LogProbsFromSampling = false }, seed: 11);
+        Assert.True(sampled.Batch.Ids.equal(recomputed.Batch.Ids).all().item<bool>());          // the same responses
+        var gap = (sampled.LogProbs - recomputed.LogProbs).abs().max().item<float>();
+        Assert.True(gap < 1e-4, $"log-probs differ by {gap}");
+        Assert.True(sampled.LogProbs.masked_select(sampled.Real.logical_not()).eq(Advantages.InvalidLogProb).all().item<bool>());
+        using var ppo = Ppo();
+        ppo.Prepare(sampled, klCoef: 0.05);
+        using var rows = torch.tensor(new long[] { 3, 0 });
+        var (loss, stats) = ppo.Loss(models, sampled, rows, temperature: 0.7);
+        loss.Dispose();
+        Assert.Equal(1.0, stats.Ratio, 4);
+        Assert.Equal(0.0, stats.ClipFraction);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
     public void First_minibatch_has_ratio_one_no_approx_kl_and_no_clipping(bool lora)
     {
         using var models = RlTestKit.Models(lora);

@@ -60,7 +60,7 @@ public sealed class RlTrainer
         var eos = models.Tokenizer.EosId ?? throw new ArgumentException("the tokenizer has no EOS token: responses could never end");
         MicroBatchSize = _spec.Training.BatchSize / _spec.NumMiniBatches / _spec.Training.GradientAccumulation;
         _rollout = new RolloutSettings(_spec.Sampling.Temperature, _spec.Sampling.MaxNewTokens, [eos], models.Tokenizer.PadId ?? eos,
-            MicroBatchSize, _spec.MissingEosPenalty);
+            MicroBatchSize, _spec.MissingEosPenalty, LogProbsFromSampling: !_spec.RecomputeLogProbs);
         _arithmeticPrompts = prompts.Prompts.Take(64).All(p => ArithmeticTask.TryParse(p.Text, out _));
     }
 

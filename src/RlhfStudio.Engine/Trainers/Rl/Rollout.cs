@@ -51,13 +51,31 @@ public sealed class Rollout : IDisposable
 /// <param name="PadId">Id written after a response's end.</param>
 /// <param name="ForwardBatchSize">Rows per forward pass when recomputing log-probabilities (TRL local_rollout_forward_batch_size).</param>
 /// <param name="MissingEosPenalty">Subtracted from the score of responses without a stop token.</param>
-public sealed record RolloutSettings(double Temperature, int MaxNewTokens, IReadOnlyList<long> StopIds, long PadId, int ForwardBatchSize, double? MissingEosPenalty);
+/// <param name="LogProbsFromSampling">Take the policy's log-probabilities from the sampling loop's logits, as TRL's
+/// PPOTrainer does (one forward fewer per rollout), instead of recomputing them with a forward over the whole
+/// sequences (OpenRLHF's way), which makes the first ratio of a step exactly 1 (see RlSpec.RecomputeLogProbs).</param>
+public sealed record RolloutSettings(double Temperature, int MaxNewTokens, IReadOnlyList<long> StopIds, long PadId, int ForwardBatchSize, double? MissingEosPenalty,
+    bool LogProbsFromSampling = false);
+
+/// <summary>Sampled responses: the sequences, the real-token mask of the responses and, when asked for, the sampling
+/// loop's log-probability of each response token (<see cref="Advantages.InvalidLogProb"/> past the end).</summary>
+public sealed record SampledBatch(SequenceBatch Batch, Tensor Real, Tensor? LogProbs);
 
 public static class RolloutSampler
 {
     /// <summary>Samples responses with the policy (seeded by <paramref name="seed"/>) and returns the left-padded prompts
     /// followed by the truncated responses, and the real-token mask of the responses.</summary>
     public static (SequenceBatch Batch, Tensor Real) Sample(CausalLanguageModel model, IReadOnlyList<RlPrompt> prompts, RolloutSettings settings, long seed,
+        CancellationToken cancel = default)
+    {
+        var sampled = Sample(model, prompts, settings, seed, withLogProbs: false, cancel);
+        return (sampled.Batch, sampled.Real);
+    }
+
+    /// <summary>As <see cref="Sample(CausalLanguageModel, IReadOnlyList{RlPrompt}, RolloutSettings, long, CancellationToken)"/>,
+    /// with the sampling loop's log-probabilities of the response tokens when <paramref name="withLogProbs"/>: logits /
+    /// (temperature + 1e-7), log_softmax, at the sampled token, as TRL takes them from generate's scores.</summary>
+    public static SampledBatch Sample(CausalLanguageModel model, IReadOnlyList<RlPrompt> prompts, RolloutSettings settings, long seed, bool withLogProbs,
         CancellationToken cancel = default)
     {
         using var scope = NewDisposeScope();
@@ -70,22 +88,24 @@ public static class RolloutSampler
             Seed = seed,
             EosTokenIds = settings.StopIds,
             PadTokenId = settings.PadId,
+            ReturnLogProbs = withLogProbs,
         };
         using var result = TextGenerator.Generate(model, ids, mask, generation, cancel: cancel);
         var (responses, real) = ResponseMasks.TruncateAfterStop(result.ResponseIds, settings.StopIds, settings.PadId);
         var batch = new SequenceBatch(torch.cat([ids, responses], 1).DetachFromDisposeScope(),
             torch.cat([mask.to(ScalarType.Bool), real], 1).DetachFromDisposeScope(), ids.shape[1]);
-        return (batch, real.DetachFromDisposeScope());
+        var logProbs = withLogProbs ? result.LogProbs!.masked_fill(real.logical_not(), Advantages.InvalidLogProb).DetachFromDisposeScope() : null;
+        return new SampledBatch(batch, real.DetachFromDisposeScope(), logProbs);
     }
 
     /// <summary>A full rollout: sampling, decoding, policy and reference log-probabilities, values and scores.</summary>
     public static Rollout Collect(RlModels models, IReadOnlyList<RlPrompt> prompts, RolloutSettings settings, long seed, CancellationToken cancel = default)
     {
         models.SetEvalMode();
-        var (batch, real) = Sample(models.Policy, prompts, settings, seed, cancel);
+        var (batch, real, sampledLogProbs) = Sample(models.Policy, prompts, settings, seed, settings.LogProbsFromSampling, cancel);
         try
         {
-            return Score(models, prompts, batch, real, settings);
+            return Score(models, prompts, batch, real, settings, sampledLogProbs);
         }
         catch
         {
@@ -96,9 +116,13 @@ public static class RolloutSampler
         }
     }
 
-    /// <summary>The rollout of given sequences (takes ownership of <paramref name="batch"/> and <paramref name="real"/>).</summary>
-    public static Rollout Score(RlModels models, IReadOnlyList<RlPrompt> prompts, SequenceBatch batch, Tensor real, RolloutSettings settings)
+    /// <summary>The rollout of given sequences (takes ownership of <paramref name="batch"/>, <paramref name="real"/> and
+    /// <paramref name="sampledLogProbs"/>). The policy's log-probabilities are <paramref name="sampledLogProbs"/> when
+    /// given (from the sampling loop), else recomputed by a forward.</summary>
+    public static Rollout Score(RlModels models, IReadOnlyList<RlPrompt> prompts, SequenceBatch batch, Tensor real, RolloutSettings settings,
+        Tensor? sampledLogProbs = null)
     {
+        using var ownedLogProbs = sampledLogProbs;   // copied into the rollout by the concatenation below
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var responses = Decode(models, batch.Responses, real);
@@ -118,9 +142,12 @@ public static class RolloutSampler
         // are made once per model instead of every forward casting (and concatenating) every weight again. The reference
         // scope opens after the adapters are disabled and closes before they come back (copies never outlive the
         // adapter state they were made in).
-        using (models.Policy.UseInferenceWeights())
-            foreach (var (chunk, chunkReal, _) in chunks)
-                logProbs.Add(SequenceForward.ResponseLogProbs(models.Policy, chunk, chunkReal, settings.Temperature));
+        if (sampledLogProbs is not null)
+            logProbs.Add(sampledLogProbs);
+        else
+            using (models.Policy.UseInferenceWeights())
+                foreach (var (chunk, chunkReal, _) in chunks)
+                    logProbs.Add(SequenceForward.ResponseLogProbs(models.Policy, chunk, chunkReal, settings.Temperature));
         using (models.UseReference(out var reference))
         using (reference.UseInferenceWeights())
             foreach (var (chunk, chunkReal, _) in chunks)
