@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -55,8 +56,10 @@ public static class TrainingStep
             var ids = _batches[_next++ % _batches.Count];
             var input = ids.narrow(1, 0, _length);
             var target = ids.narrow(1, 1, _length);
-            var logits = _model.Forward(input);                                                    // (B, T, V)
-            var loss = F.cross_entropy(logits.view(-1, BenchConfig.Vocab).to(ScalarType.Float32), target.reshape(-1));
+            // The SFT trainer's loss: the head's cross-entropy chunk by chunk (LinearCrossEntropy), never the full logits;
+            // mean over the tokens as F.cross_entropy's default (what bench.py runs).
+            var hidden = _model.Hidden(input);                                                     // (B, T, C)
+            var loss = _model.TokenLossSum(hidden, target, new TokenLossStats()).div(target.numel());
             loss.backward();
             _optimizer.Step(LearningRate);
             _optimizer.ZeroGrad();

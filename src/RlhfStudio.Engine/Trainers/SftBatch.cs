@@ -54,14 +54,9 @@ public sealed record SftBatch(Tensor InputIds, Tensor? AttentionMask, Tensor Tar
     public (Tensor LossSum, long Correct) Loss(CausalLanguageModel model)
     {
         long length = InputIds.shape[1];
-        var logits = model.Forward(InputIds, AttentionMask).narrow(1, 0, length - 1);        // (B, L-1, V)
-        var flat = logits.reshape(-1, logits.shape[2]).to(ScalarType.Float32);
-        var targets = Targets.reshape(-1);
-        var loss = F.cross_entropy(flat, targets, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum);
-        long correct;
-        using (var noGrad = torch.no_grad())
-        using (var ignore = IgnoreIndex.ToScalar())
-            correct = flat.argmax(-1).eq(targets).logical_and(targets.ne(ignore)).sum().item<long>();
-        return (loss, correct);
+        var hidden = model.Hidden(InputIds, AttentionMask).narrow(1, 0, length - 1);          // (B, L-1, C)
+        var stats = new TokenLossStats();
+        var loss = model.TokenLossSum(hidden, Targets, stats);
+        return (loss, stats.Correct);
     }
 }
