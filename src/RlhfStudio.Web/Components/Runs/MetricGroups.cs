@@ -8,7 +8,7 @@ public static class MetricGroups
     [
         "train/loss", "eval/loss", "eval/accuracy", "train/mean_token_accuracy", "eval/mean_token_accuracy",
         "objective/scores", "objective/rlhf_reward", "objective/kl", "objective/entropy", "objective/non_score_reward",
-        "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected",
+        "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "nll_loss",
         "policy/approxkl_avg", "policy/clipfrac_avg", "policy/entropy_avg", "loss/policy_avg", "loss/value_avg",
         "val/clipfrac_avg", "val/ratio", "val/num_eos_tokens", "train/learning_rate", "train/grad_norm", "train/tokens_per_second",
     ];
