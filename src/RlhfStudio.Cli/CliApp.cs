@@ -38,11 +38,24 @@ public static class CliApp
         var command = Commands
             .Where(c => c.Name.Split(' ') is var words && words.Length <= args.Length && words.SequenceEqual(args.Take(words.Length)))
             .MaxBy(c => c.Name.Length);
+        bool help = args.Any(a => a is "--help" or "-h");
         if (command is null)
         {
+            // "train --help": the commands of that group.
+            var group = Commands.Where(c => c.Name.Split(' ')[0] == args[0]).ToList();
+            if (help && group.Count > 0)
+            {
+                PrintHelp(stdout, group);
+                return 0;
+            }
             stderr.WriteLine($"error: unknown command \"{string.Join(" ", args.TakeWhile(a => !a.StartsWith('-')).Take(2))}\"");
             PrintHelp(stderr);
             return 2;
+        }
+        if (help)
+        {
+            PrintHelp(stdout, [command]);
+            return 0;
         }
         try
         {
@@ -74,11 +87,11 @@ public static class CliApp
         }
     }
 
-    private static void PrintHelp(TextWriter w)
+    private static void PrintHelp(TextWriter w, IReadOnlyList<CommandSpec>? commands = null)
     {
         w.WriteLine("usage: rlhfstudio COMMAND ...");
         w.WriteLine();
-        foreach (var c in Commands)
+        foreach (var c in commands ?? Commands)
         {
             w.WriteLine($"  {c.Usage}");
             w.WriteLine($"      {c.Summary}");

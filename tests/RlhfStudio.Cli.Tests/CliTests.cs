@@ -165,4 +165,23 @@ public class CliTests(PresetFolder preset) : IClassFixture<PresetFolder>
         Assert.Equal(0, run.ExitCode);
         foreach (var c in CliApp.Commands) Assert.Contains(c.Name, run.Out);
     }
+
+    [Fact]
+    public void Help_after_a_command_or_a_group_describes_only_those()
+    {
+        var one = CliRun.Of("eval", "kl", "--help");
+        Assert.Equal(0, one.ExitCode);
+        Assert.Contains("eval kl [--model X] [--reference X]", one.Out);
+        Assert.Contains("objective/kl", one.Out);
+        Assert.DoesNotContain("train sft", one.Out);
+
+        var group = CliRun.Of("train", "-h");
+        Assert.Equal(0, group.ExitCode);
+        foreach (var method in new[] { "sft", "reward", "ppo", "rloo", "dpo" }) Assert.Contains($"train {method} [--config X]", group.Out);
+        Assert.DoesNotContain("eval arithmetic", group.Out);
+
+        var unknown = CliRun.Of("fly", "--help");
+        Assert.Equal(2, unknown.ExitCode);
+        Assert.Contains("unknown command \"fly\"", unknown.Error);
+    }
 }
