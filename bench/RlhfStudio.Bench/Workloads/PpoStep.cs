@@ -21,6 +21,7 @@ public static class PpoStep
     {
         var (rollout, optimize, total) = Steps(dtype, repetitions, recomputeLogProbs: false);
         var (exactRollout, _, _) = Steps(dtype, repetitions, recomputeLogProbs: true);
+        var (sharedRollout, sharedOptimize, sharedTotal) = Steps(dtype, repetitions, recomputeLogProbs: true, sharedValueHead: true);
         double generation = PureGeneration(Spec(dtype, repetitions + 1, recomputeLogProbs: false), repetitions);
         double best = total.Min();
         return new Measurement(id, "steps/min", 60 / best, 60 / Median(total), total.Count, best * 1000,
@@ -35,11 +36,14 @@ public static class PpoStep
                 ["  scoring: reference log-probs, values, rewards (rollout - generation)"] = (rollout.Min() - generation) * 1000,
                 ["rollout (best), policy log-probs recomputed by a forward (recomputeLogProbs)"] = exactRollout.Min() * 1000,
                 ["optimise: 4 PPO epochs (best)"] = optimize.Min() * 1000,
+                ["step (best), value head on the policy's trunk (sharedValueHead)"] = sharedTotal.Min() * 1000,
+                ["  rollout (best), sharedValueHead"] = sharedRollout.Min() * 1000,
+                ["  optimise (best), sharedValueHead"] = sharedOptimize.Min() * 1000,
             },
         };
     }
 
-    private static PpoSpec Spec(ScalarType dtype, int steps, bool recomputeLogProbs) =>
+    private static PpoSpec Spec(ScalarType dtype, int steps, bool recomputeLogProbs, bool sharedValueHead = false) =>
         (PpoSpec)RunSpec.FromJson($$"""
             {
               "method": "ppo", "name": "bench-ppo", "model": { "preset": "tiny" },
@@ -48,16 +52,17 @@ public static class PpoStep
               "training": { "learningRate": 1e-5, "maxSteps": {{steps}}, "batchSize": {{Batch}}, "maxGradNorm": 1.0 },
               "adapter": { "kind": "full" },
               "sampling": { "maxNewTokens": {{NewTokens}}, "temperature": 1.0 },
-              "numPpoEpochs": {{Epochs}}, "numMiniBatches": 1, "sampleSteps": 1000, "recomputeLogProbs": {{(recomputeLogProbs ? "true" : "false")}},
+              "numPpoEpochs": {{Epochs}}, "numMiniBatches": 1, "sampleSteps": 1000, "recomputeLogProbs": {{(recomputeLogProbs ? "true" : "false")}}, "sharedValueHead": {{(sharedValueHead ? "true" : "false")}},
               "checkpoints": { "saveSteps": 0, "keepLast": 1 }
             }
             """);
 
     /// <summary>Rollout, optimisation and total seconds of each step after the warm-up one.</summary>
-    private static (List<double> Rollout, List<double> Optimize, List<double> Total) Steps(ScalarType dtype, int repetitions, bool recomputeLogProbs)
+    private static (List<double> Rollout, List<double> Optimize, List<double> Total) Steps(ScalarType dtype, int repetitions, bool recomputeLogProbs,
+        bool sharedValueHead = false)
     {
         int steps = repetitions + 1;
-        var spec = Spec(dtype, steps, recomputeLogProbs);
+        var spec = Spec(dtype, steps, recomputeLogProbs, sharedValueHead);
         var folder = Path.Combine(Path.GetTempPath(), $"rlhfstudio-bench-ppo-{Environment.ProcessId}");
         try
         {

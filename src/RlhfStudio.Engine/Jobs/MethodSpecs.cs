@@ -138,6 +138,10 @@ public sealed record PpoSpec : RlSpec
     public double TargetKl { get; init; } = 6.0;
     /// <summary>Horizon of the adaptive KL controller.</summary>
     public double KlHorizon { get; init; } = 10_000;
+    /// <summary>The value function as a linear head on the policy's own trunk (TRL's AutoModelForCausalLMWithValueHead,
+    /// StackLLaMA's setting) instead of a separate value model: one trunk pass gives log-probabilities and values,
+    /// and no second model is held; the value loss then also trains the policy's trunk.</summary>
+    public bool SharedValueHead { get; init; }
     /// <summary>Value model: null = a value head on a copy of the policy's starting weights (or the reward model).</summary>
     public ModelRef? ValueModel { get; init; }
 
@@ -150,6 +154,7 @@ public sealed record PpoSpec : RlSpec
         if (AdaptiveKl && !(TargetKl > 0 && double.IsFinite(TargetKl))) e.Add("targetKl", "must be positive");
         if (AdaptiveKl && !(KlHorizon > 0 && double.IsFinite(KlHorizon))) e.Add("klHorizon", "must be positive");
         ValueModel?.Validate(e, "valueModel");
+        if (SharedValueHead && ValueModel is not null) e.Add("valueModel", "must be empty with sharedValueHead (the value head sits on the policy)");
     }
 }
 

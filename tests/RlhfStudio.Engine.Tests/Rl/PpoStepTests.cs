@@ -57,6 +57,35 @@ public class PpoStepTests
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
+    public void A_value_head_on_the_policy_keeps_the_invariants_and_its_loss_trains_head_and_trunk(bool lora)
+    {
+        using var models = RlTestKit.Models(lora, sharedValueHead: true);
+        Assert.Null(models.Value);
+        Assert.True(models.HasValues);
+        using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2) with { LogProbsFromSampling = true }, seed: 11);
+        Assert.NotNull(rollout.Values);
+        Assert.True(rollout.Values!.masked_select(rollout.Real.logical_not()).eq(0).all().item<bool>());
+        Assert.True(rollout.Values.abs().sum().item<float>() > 0);
+        using var ppo = Ppo();
+        ppo.Prepare(rollout, klCoef: 0.05);
+        using var rows = torch.tensor(new long[] { 3, 0 });
+        var (loss, stats) = ppo.Loss(models, rollout, rows, temperature: 0.7);
+        // Exact log-probabilities from the policy forward that also gave the values: ratio 1, nothing clipped.
+        Assert.Equal(1.0, stats.Ratio, 6);
+        Assert.True(stats.ApproxKl < 1e-10, $"approx KL {stats.ApproxKl}");
+        Assert.Equal(0.0, stats.ValueClipFraction);
+        Assert.True(stats.ValueLoss > 0);
+        loss.backward();
+        Assert.True(models.ValueHead!.summary.weight.grad!.abs().sum().item<float>() > 0);
+        // (With LoRA, A's gradient is 0 while B = 0: some trained policy parameter must have one.)
+        Assert.Contains(models.PolicyPart.Parameters, p => p.Parameter.grad is { } g && g.abs().sum().item<float>() > 0);
+        Assert.Contains(models.TrainableParameters(), p => p.Name == "value_head.summary.weight");
+        loss.Dispose();
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
     public void Kl_is_zero_when_the_policy_equals_the_reference(bool lora)
     {
         using var models = RlTestKit.Models(lora);

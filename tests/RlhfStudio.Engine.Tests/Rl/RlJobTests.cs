@@ -63,6 +63,35 @@ public class RlJobTests
         Directory.Delete(dir, recursive: true);
     }
 
+    [Fact]
+    public void A_shared_value_head_is_checkpointed_and_resume_continues_its_curve()
+    {
+        var spec = RlTestKit.PpoSpec(maxSteps: 3, epochs: 1, adapter: AdapterKind.Full) with
+        {
+            Checkpoints = RlTestKit.PpoSpec().Checkpoints with { SaveSteps = 0 }, KlCoef = 0.2, SharedValueHead = true,
+        };
+        Assert.Empty(spec.Validate());
+        Assert.Contains(spec with { ValueModel = ModelRef.FromPath("/tmp/x") } is var both ? both.Validate() : [], e => e.Field == "valueModel");
+        var straightDir = RlTestKit.TempDir();
+        var (straight, full) = Run(spec, straightDir);
+        Assert.Equal(RunEndState.Completed, straight.State);
+        Assert.Contains(full.Events, e => e.Message.Contains("value head on the policy's trunk"));
+
+        var dir = RlTestKit.TempDir();
+        var (cancelled, _) = Run(spec, dir, cancelAfter: 2);
+        Assert.Equal(RunEndState.Cancelled, cancelled.State);
+        var checkpoint = cancelled.LastCheckpoint!;
+        Assert.True(File.Exists(Path.Combine(checkpoint, ValueHead.FileName)));
+        Assert.False(Directory.Exists(Path.Combine(checkpoint, RlCheckpoint.ValueFolder)));
+        var (resumed, second) = Run(spec, dir, resumeFrom: checkpoint);
+        Assert.Equal(RunEndState.Completed, resumed.State);
+        foreach (var name in new[] { MetricNames.ObjectiveScores, MetricNames.LossPolicy, MetricNames.LossValue, MetricNames.ObjectiveKl })
+            Assert.Equal(full.At(3)[name], second.At(3)[name], 9);
+        Assert.True(full.At(3)[MetricNames.LossValue] > 0);
+        Directory.Delete(straightDir, recursive: true);
+        Directory.Delete(dir, recursive: true);
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]   // log-probabilities from the sampling loop (TRL's route)

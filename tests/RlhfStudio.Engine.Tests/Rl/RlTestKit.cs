@@ -35,8 +35,13 @@ internal static class RlTestKit
     }
 
     /// <summary>Policy (LoRA with B = 0, or full with a frozen identical copy as reference), value model, arithmetic scorer.</summary>
-    public static RlModels Models(bool lora, bool withValue = true, long seed = 3)
+    public static RlModels Models(bool lora, bool withValue = true, long seed = 3, bool sharedValueHead = false)
     {
+        if (sharedValueHead)
+        {
+            var plain = Models(lora, withValue: false, seed);   // never disposed: its parts move into the models returned
+            return new RlModels(plain.PolicyPart, plain.ReferenceCopy, null, plain.Scorer, valueHead: new ValueHead(Config().HiddenSize, null, CPU, seed));
+        }
         var policy = Policy(seed);
         CausalLanguageModel? reference = null;
         if (lora) Lora.Apply(policy, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "v_proj"] }, seed);

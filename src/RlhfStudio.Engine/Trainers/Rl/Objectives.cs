@@ -88,7 +88,7 @@ public sealed class PpoObjective(double vfCoef, double clipRange, double clipRan
 
     public (Tensor Loss, MicroBatchStats Stats) Loss(RlModels models, Rollout rollout, Tensor rows, double temperature)
     {
-        if (_advantages is null || _returns is null || models.Value is null) throw new InvalidOperationException("call Prepare first; PPO needs a value model");
+        if (_advantages is null || _returns is null || !models.HasValues) throw new InvalidOperationException("call Prepare first; PPO needs a value model or head");
         using var scope = NewDisposeScope();
         var batch = new SequenceBatch(rollout.Batch.Ids.index_select(0, rows), rollout.Batch.AttentionMask.index_select(0, rows), rollout.Batch.PromptLength);
         var real = rollout.Real.index_select(0, rows);
@@ -98,9 +98,20 @@ public sealed class PpoObjective(double vfCoef, double clipRange, double clipRan
         var advantages = _advantages.index_select(0, rows);
         var returns = _returns.index_select(0, rows);
 
-        var logits = SequenceForward.ResponseLogits(models.Policy, batch, temperature);
+        Tensor logits, vpred;
+        if (models.ValueHead is { } head)
+        {
+            // One trunk pass for both: the head reads the policy's own hidden states.
+            var predicting = SequenceForward.PredictingHidden(models.Policy, batch);
+            logits = SequenceForward.LogitsOf(models.Policy, predicting, temperature);
+            vpred = head.Values(predicting).masked_fill(padding, 0.0);
+        }
+        else
+        {
+            logits = SequenceForward.ResponseLogits(models.Policy, batch, temperature);
+            vpred = SequenceForward.ResponseValues(models.Value!, batch, real);
+        }
         var newLogProbs = SequenceForward.LogProbsOf(logits, batch.Responses).masked_fill(padding, Rl.Advantages.InvalidLogProb);
-        var vpred = SequenceForward.ResponseValues(models.Value, batch, real);
         // Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- c) - R)^2).
         var vpredClipped = vpred.minimum(oldValues + clipRangeValue).maximum(oldValues - clipRangeValue);
         var vfLosses1 = (vpred - returns).square();

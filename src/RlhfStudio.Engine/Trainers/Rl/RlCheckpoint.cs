@@ -2,6 +2,7 @@
 //
 //   checkpoint-N/            the policy: a PEFT adapter folder with LoRA, else a Hugging Face model folder (+ tokenizer)
 //   checkpoint-N/value_model/ the value model (PPO), in the same form
+//   checkpoint-N/value_head.safetensors  PPO with sharedValueHead: the head on the policy's trunk
 //   checkpoint-N/rl_state.json  KL coefficient, episodes, reward-hacking guard baselines
 using System.Text.Json;
 using RlhfStudio.Engine.Training;

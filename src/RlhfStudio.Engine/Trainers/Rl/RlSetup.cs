@@ -75,7 +75,10 @@ public static class RlSetup
             loaded.Add(scorer);
 
             TrainableModel<ScoreModel>? value = null;
-            if (spec is PpoSpec ppo)
+            ValueHead? valueHead = null;
+            if (spec is PpoSpec { SharedValueHead: true })
+                valueHead = Track(new ValueHead(policy.Model.Config.HiddenSize, compute, policy.Device, spec.Seed), loaded);
+            else if (spec is PpoSpec ppo)
             {
                 // spec.ValueModel, else the reward model (TRL's default), else the policy's starting weights with a fresh head.
                 var valueSource = ppo.ValueModel is { } v ? Resolve(v, "valueModel") : rewardFolder is not null ? ModelRef.FromPath(rewardFolder) : policySource;
@@ -92,7 +95,7 @@ public static class RlSetup
             if (scorer is BuiltinScorer && prompts.Prompts.FirstOrDefault(q => !ArithmeticTask.TryParse(q.Text, out _)) is { } bad)
                 throw new RlSetupException($"the built-in {spec.Reward.Builtin} scorer cannot score answers to \"{Shorten(bad.Text)}\" (not one of its questions): " +
                     "use the built-in arithmetic prompts, or a reward model");
-            return (new RlModels(policy, reference, value, scorer), prompts);
+            return (new RlModels(policy, reference, value, scorer, valueHead: valueHead), prompts);
         }
         catch
         {

@@ -60,7 +60,10 @@ public sealed class RlTrainer
         var eos = models.Tokenizer.EosId ?? throw new ArgumentException("the tokenizer has no EOS token: responses could never end");
         MicroBatchSize = _spec.Training.BatchSize / _spec.NumMiniBatches / _spec.Training.GradientAccumulation;
         _rollout = new RolloutSettings(_spec.Sampling.Temperature, _spec.Sampling.MaxNewTokens, [eos], models.Tokenizer.PadId ?? eos,
-            MicroBatchSize, _spec.MissingEosPenalty, LogProbsFromSampling: !_spec.RecomputeLogProbs);
+            MicroBatchSize, _spec.MissingEosPenalty,
+            // With a value head on the policy the rollout runs a policy forward anyway (for the values), so its exact
+            // log-probabilities cost nothing more: no need to keep the sampling loop's.
+            LogProbsFromSampling: !_spec.RecomputeLogProbs && models.ValueHead is null);
         _arithmeticPrompts = prompts.Prompts.Take(64).All(p => ArithmeticTask.TryParse(p.Text, out _));
     }
 
@@ -191,7 +194,7 @@ public sealed class RlTrainer
         metrics[MetricNames.LossPolicy] = stats.Average(s => s.PolicyLoss);
         metrics[MetricNames.PolicyEntropy] = stats.Average(s => s.Entropy);
         metrics[MetricNames.ValueRatio] = stats.Average(s => s.Ratio);
-        if (_models.Value is not null)
+        if (_models.HasValues)
         {
             metrics[MetricNames.LossValue] = stats.Average(s => s.ValueLoss);
             metrics[MetricNames.ValueClipFrac] = stats.Average(s => s.ValueClipFraction);
@@ -272,6 +275,7 @@ public sealed class RlTrainer
         {
             _models.PolicyPart.SaveCheckpoint(folder, _spec.Method);
             _models.ValuePart?.SaveCheckpoint(Path.Combine(folder, RlCheckpoint.ValueFolder), _spec.Method);
+            _models.ValueHead?.Save(folder);
             new RlState(1, _record.Step, _episode, _kl.Value, guardEntropy, guardScore).Save(folder);
         });
     }
@@ -288,6 +292,7 @@ public sealed class RlTrainer
                 if (!Directory.Exists(valueFolder)) throw new CheckpointException($"{valueFolder}: missing (PPO checkpoints hold the value model)");
                 _models.ValuePart.LoadCheckpoint(valueFolder);
             }
+            _models.ValueHead?.Load(checkpoint);
             _kl.Restore(rl.KlCoef);
             _guards.RestoreBaseline(rl.GuardEntropy, rl.GuardScore);
             _episode = rl.Episode;

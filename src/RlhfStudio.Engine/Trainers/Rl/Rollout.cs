@@ -142,7 +142,22 @@ public static class RolloutSampler
         // are made once per model instead of every forward casting (and concatenating) every weight again. The reference
         // scope opens after the adapters are disabled and closes before they come back (copies never outlive the
         // adapter state they were made in).
-        if (sampledLogProbs is not null)
+        if (models.ValueHead is { } head)
+        {
+            // A value head on the policy's trunk: one policy forward gives the values and, for the price of the LM head on
+            // the response positions, exact log-probabilities (the sampled ones are not needed).
+            using (models.Policy.UseInferenceWeights())
+                foreach (var (chunk, chunkReal, _) in chunks)
+                {
+                    using var chunkScope = NewDisposeScope();
+                    var predicting = SequenceForward.PredictingHidden(models.Policy, chunk);
+                    var notReal = chunkReal.logical_not();
+                    logProbs.Add(SequenceForward.LogProbsOf(SequenceForward.LogitsOf(models.Policy, predicting, settings.Temperature), chunk.Responses)
+                        .masked_fill(notReal, Advantages.InvalidLogProb).MoveToOuterDisposeScope());
+                    values.Add(head.Values(predicting).masked_fill(notReal, 0.0).MoveToOuterDisposeScope());
+                }
+        }
+        else if (sampledLogProbs is not null)
             logProbs.Add(sampledLogProbs);
         else
             using (models.Policy.UseInferenceWeights())
@@ -171,7 +186,7 @@ public static class RolloutSampler
             Real = real,
             LogProbs = torch.cat(logProbs, 0).DetachFromDisposeScope(),
             RefLogProbs = torch.cat(refLogProbs, 0).DetachFromDisposeScope(),
-            Values = models.Value is null ? null : torch.cat(values, 0).DetachFromDisposeScope(),
+            Values = models.HasValues ? torch.cat(values, 0).DetachFromDisposeScope() : null,
             Scores = score.DetachFromDisposeScope(),
             EndedWithStop = ended.DetachFromDisposeScope(),
             Prompts = prompts.Select(p => p.Text).ToList(),

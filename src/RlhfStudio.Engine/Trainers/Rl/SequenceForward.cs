@@ -22,8 +22,21 @@ public static class SequenceForward
     public static Tensor ResponseLogits(CausalLanguageModel model, SequenceBatch batch, double temperature)
     {
         using var scope = NewDisposeScope();
+        return LogitsOf(model, PredictingHidden(model, batch), temperature).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The final hidden states (B, N, C) of the positions that predict each response token (P - 1 .. P + N - 2).</summary>
+    public static Tensor PredictingHidden(TransformerModel model, SequenceBatch batch)
+    {
+        using var scope = NewDisposeScope();
         var hidden = model.Hidden(batch.Ids, batch.AttentionMask);                               // (B, P+N, C)
-        var predicting = hidden.narrow(1, batch.PromptLength - 1, batch.ResponseLength);        // (B, N, C)
+        return hidden.narrow(1, batch.PromptLength - 1, batch.ResponseLength).MoveToOuterDisposeScope();
+    }
+
+    /// <summary><see cref="ResponseLogits"/> from hidden states <see cref="PredictingHidden"/> gave (shared with a value head).</summary>
+    public static Tensor LogitsOf(CausalLanguageModel model, Tensor predicting, double temperature)
+    {
+        using var scope = NewDisposeScope();
         var logits = model.Logits(predicting).to(ScalarType.Float32);
         using var divisor = (temperature + 1e-7).ToScalar();
         // Without autograd the (B, N, V) fp32 logits are a temporary of this method (the model's output or its fp32

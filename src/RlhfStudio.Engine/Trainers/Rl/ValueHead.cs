@@ -1,0 +1,61 @@
+// PPO's value function as a head on the policy's own trunk (TRL's AutoModelForCausalLMWithValueHead, the setting of
+// StackLLaMA and of TRL's PPOTrainer up to v0.11): a linear layer hidden -> 1 on the policy's final hidden states. One
+// trunk pass then gives both the log-probabilities and the values, in the rollout and in every PPO update, and no
+// second model (with its own optimiser state) is held. The value loss trains the shared trunk too (scaled by vf_coef).
+// The head is saved with the checkpoints as value_head.safetensors (keys v_head.summary.weight / .bias, TRL's names);
+// the final model is the policy alone.
+using RlhfStudio.Engine.IO;
+using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RlhfStudio.Engine.Trainers.Rl;
+
+public sealed class ValueHead : nn.Module
+{
+    public const string FileName = "value_head.safetensors";
+    public const string KeyPrefix = "v_head.";
+
+    public ValueHead(long hiddenSize, ScalarType? computeDType, Device device, long seed) : base("ValueHead")
+    {
+        RegisterComponents();
+        summary = new Projection(hiddenSize, 1, hasBias: true, ScalarType.Float32, device) { ComputeDType = computeDType };
+        register_module("summary", summary);
+        // A small random start (std 1/sqrt(hidden), bias 0): the values begin near 0 and the first value losses are
+        // about the returns' size.
+        using var noGrad = no_grad();
+        using var generator = new torch.Generator((ulong)seed, device);
+        summary.weight.copy_(torch.randn(summary.weight.shape, generator: generator, device: device).div(Math.Sqrt(hiddenSize)));
+        summary.bias!.zero_();
+    }
+
+    public Projection summary { get; }
+
+    /// <summary>The trained parameters, named as in the saved file (without the v_head. prefix).</summary>
+    public IReadOnlyList<NamedParameter> Parameters => named_parameters().Select(p => new NamedParameter(p.name, p.parameter)).ToList();
+
+    /// <summary>Values (..., T) in fp32 for hidden states (..., T, C).</summary>
+    public Tensor Values(Tensor hidden)
+    {
+        using var scope = NewDisposeScope();
+        return summary.forward(hidden).squeeze(-1).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
+    public void Save(string folder) =>
+        SafeTensorsWriter.Write(Path.Combine(folder, FileName), Parameters.Select(p => new KeyValuePair<string, Tensor>(KeyPrefix + p.Name, p.Parameter)));
+
+    /// <summary>Reads what <see cref="Save"/> wrote into this head's parameters (in place: the optimiser holds them).</summary>
+    public void Load(string folder)
+    {
+        var path = Path.Combine(folder, FileName);
+        if (!File.Exists(path)) throw new ModelLoadException($"{path}: not found (the checkpoint has no value head; was the run made with sharedValueHead?)") { FilePath = path };
+        using var file = SafeTensorsFile.Open(path);
+        foreach (var p in Parameters)
+        {
+            var key = KeyPrefix + p.Name;
+            if (!file.Tensors.ContainsKey(key)) throw ModelLoadException.InFile(path, "is missing", key);
+            file.ReadInto(key, p.Parameter);
+        }
+    }
+}
