@@ -19,9 +19,11 @@ public static class PpoStep
 
     public static Measurement Run(string id, ScalarType dtype, int repetitions)
     {
-        var (rollout, optimize, total) = Steps(dtype, repetitions, recomputeLogProbs: false);
-        var (exactRollout, _, _) = Steps(dtype, repetitions, recomputeLogProbs: true);
-        var (sharedRollout, sharedOptimize, sharedTotal) = Steps(dtype, repetitions, recomputeLogProbs: true, sharedValueHead: true);
+        var (rollout, optimize, total, overSampling) = Steps(dtype, repetitions, recomputeLogProbs: false);
+        var (exactRollout, _, _, exactOverSampling) = Steps(dtype, repetitions, recomputeLogProbs: true);
+        // A value head on the policy with TRL's route: log-probabilities and values from the sampling loop, so the rollout's
+        // only forward is the reference's.
+        var (sharedRollout, sharedOptimize, sharedTotal, sharedOverSampling) = Steps(dtype, repetitions, recomputeLogProbs: false, sharedValueHead: true);
         double generation = PureGeneration(Spec(dtype, repetitions + 1, recomputeLogProbs: false), repetitions);
         double best = total.Min();
         return new Measurement(id, "steps/min", 60 / best, 60 / Median(total), total.Count, best * 1000,
@@ -36,9 +38,12 @@ public static class PpoStep
                 ["  scoring: reference log-probs, values, rewards (rollout - generation)"] = (rollout.Min() - generation) * 1000,
                 ["rollout (best), policy log-probs recomputed by a forward (recomputeLogProbs)"] = exactRollout.Min() * 1000,
                 ["optimise: 4 PPO epochs (best)"] = optimize.Min() * 1000,
-                ["step (best), value head on the policy's trunk (sharedValueHead)"] = sharedTotal.Min() * 1000,
+                ["step (best), value head on the policy's trunk (sharedValueHead), log-probs and values from sampling"] = sharedTotal.Min() * 1000,
                 ["  rollout (best), sharedValueHead"] = sharedRollout.Min() * 1000,
                 ["  optimise (best), sharedValueHead"] = sharedOptimize.Min() * 1000,
+                ["rollout / its own sampling part, same step (best, x1000): log-probs from sampling"] = overSampling.Min() * 1000,
+                ["rollout / its own sampling part, same step (best, x1000): recomputed log-probs"] = exactOverSampling.Min() * 1000,
+                ["rollout / its own sampling part, same step (best, x1000): sharedValueHead, from sampling"] = sharedOverSampling.Min() * 1000,
             },
         };
     }
@@ -57,8 +62,9 @@ public static class PpoStep
             }
             """);
 
-    /// <summary>Rollout, optimisation and total seconds of each step after the warm-up one.</summary>
-    private static (List<double> Rollout, List<double> Optimize, List<double> Total) Steps(ScalarType dtype, int repetitions, bool recomputeLogProbs,
+    /// <summary>Rollout, optimisation and total seconds of each step after the warm-up one, and each rollout's time over
+    /// its own sampling part (measured in the same step, so immune to the machine's speed drifting between runs).</summary>
+    private static (List<double> Rollout, List<double> Optimize, List<double> Total, List<double> OverSampling) Steps(ScalarType dtype, int repetitions, bool recomputeLogProbs,
         bool sharedValueHead = false)
     {
         int steps = repetitions + 1;
@@ -71,7 +77,8 @@ public static class PpoStep
             if (outcome.State != RunEndState.Completed) throw new InvalidOperationException($"PPO run ended {outcome.State}: {outcome.Message}");
             var timed = reporter.Steps.Where(s => s.Key > 1).Select(s => s.Value).ToList();
             return (timed.Select(m => m[RlTrainer.RolloutSecondsMetric]).ToList(), timed.Select(m => m[RlTrainer.OptimizeSecondsMetric]).ToList(),
-                timed.Select(m => m[RlTrainer.RolloutSecondsMetric] + m[RlTrainer.OptimizeSecondsMetric]).ToList());
+                timed.Select(m => m[RlTrainer.RolloutSecondsMetric] + m[RlTrainer.OptimizeSecondsMetric]).ToList(),
+                timed.Select(m => m[RlTrainer.RolloutSecondsMetric] / m[RlTrainer.GenerationSecondsMetric]).ToList());
         }
         finally
         {

@@ -14,8 +14,9 @@ public sealed record GenerationStep(int Step, IReadOnlyList<long> Tokens, IReadO
 public sealed class GenerationResult : IDisposable
 {
     internal GenerationResult(Tensor sequences, Tensor responseIds, Tensor responseMask, Tensor responseLengths, Tensor? logProbs,
-        IReadOnlyList<IReadOnlyList<long>> tokens, IReadOnlyList<FinishReason> finishReasons, long promptLength)
+        IReadOnlyList<IReadOnlyList<long>> tokens, IReadOnlyList<FinishReason> finishReasons, long promptLength, Tensor? readouts = null)
     {
+        Readouts = readouts;
         Sequences = sequences;
         ResponseIds = responseIds;
         ResponseMask = responseMask;
@@ -36,6 +37,9 @@ public sealed class GenerationResult : IDisposable
     public Tensor ResponseLengths { get; }
     /// <summary>(B, N) fp32 when asked for: log_softmax(logits / (T + 1e-7)) at each chosen token, 0 where masked.</summary>
     public Tensor? LogProbs { get; }
+    /// <summary>(B, N) fp32 when a hidden-state readout was given: its value for the hidden state that chose each token
+    /// (a value head's estimate of the state before the token), 0 where masked.</summary>
+    public Tensor? Readouts { get; }
     /// <summary>Per row, the real generated ids (the EOS / stop token included).</summary>
     public IReadOnlyList<IReadOnlyList<long>> Tokens { get; }
     public IReadOnlyList<FinishReason> FinishReasons { get; }
@@ -49,5 +53,6 @@ public sealed class GenerationResult : IDisposable
         ResponseMask.Dispose();
         ResponseLengths.Dispose();
         LogProbs?.Dispose();
+        Readouts?.Dispose();
     }
 }

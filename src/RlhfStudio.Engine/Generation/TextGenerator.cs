@@ -18,8 +18,10 @@ public static partial class TextGenerator
     /// <param name="attentionMask">(B, P), 1 = real token, 0 = padding; null = no padding.</param>
     /// <param name="onStep">Called after every step with the new token of each row (streaming).</param>
     /// <param name="tokenizer">Needed for <see cref="GenerationSettings.StopStrings"/> and to pick a pad id.</param>
+    /// <param name="readout">Maps the final hidden state (B, C) that chooses each token to one fp32 value per row (B), e.g.
+    /// PPO's value head on the policy's trunk; collected into <see cref="GenerationResult.Readouts"/>.</param>
     public static GenerationResult Generate(CausalLanguageModel model, Tensor inputIds, Tensor? attentionMask, GenerationSettings settings,
-        Action<GenerationStep>? onStep = null, TextTokenizer? tokenizer = null, CancellationToken cancel = default)
+        Action<GenerationStep>? onStep = null, TextTokenizer? tokenizer = null, CancellationToken cancel = default, Func<Tensor, Tensor>? readout = null)
     {
         settings.Validate();
         if (inputIds.ndim != 2 || inputIds.dtype != ScalarType.Int64 || inputIds.shape[1] == 0)
@@ -72,6 +74,8 @@ public static partial class TextGenerator
 
         var responses = torch.full([batch, maxNew], pad, dtype: ScalarType.Int64, device: device);
         var logProbs = settings.ReturnLogProbs ? torch.zeros([batch, maxNew], dtype: ScalarType.Float32, device: device) : null;
+        var readouts = readout is null ? null : torch.zeros([batch, maxNew], dtype: ScalarType.Float32, device: device);
+        Tensor? stepReadout = null;   // the readout of the hidden state the current logits came from
         var unfinished = torch.ones([batch], dtype: ScalarType.Bool, device: device);
         var padTensor = torch.full([batch], pad, dtype: ScalarType.Int64, device: device);
         var stopTensor = torch.tensor(stopIds, dtype: ScalarType.Int64, device: device);
@@ -83,7 +87,7 @@ public static partial class TextGenerator
 
         var host = new StepBookkeeping(batch, eosIds, settings, tokenizer);
         int steps = 0;
-        var logits = NextLogits(model, ids, fullMask?.narrow(1, 0, promptLength), promptPositions, cache);   // (B, V) fp32
+        var logits = NextLogits(model, ids, fullMask?.narrow(1, 0, promptLength), promptPositions, cache, readout, out stepReadout);   // (B, V) fp32
         try
         {
             for (int step = 0; step < maxNew; step++)
@@ -99,6 +103,12 @@ public static partial class TextGenerator
                     var all = F.log_softmax(logits.div(logProbScale), -1);
                     var chosen = all.gather(1, next.unsqueeze(1)).squeeze(1).masked_fill(active.logical_not(), zero);
                     logProbs.narrow(1, step, 1).copy_(chosen.unsqueeze(1));
+                }
+                if (readouts is not null && stepReadout is not null)
+                {
+                    readouts.narrow(1, step, 1).copy_(stepReadout.masked_fill(active.logical_not(), zero).unsqueeze(1));
+                    stepReadout.Dispose();
+                    stepReadout = null;
                 }
                 if (stopIds.Length > 0) unfinished.logical_and_(next.isin(stopTensor).logical_not());
 
@@ -116,7 +126,7 @@ public static partial class TextGenerator
                 if (host.AllFinished || step == maxNew - 1) break;
 
                 var previous = logits;
-                logits = NextLogits(model, next.unsqueeze(1), fullMask?.narrow(1, 0, promptLength + step + 1), nextPosition, cache);
+                logits = NextLogits(model, next.unsqueeze(1), fullMask?.narrow(1, 0, promptLength + step + 1), nextPosition, cache, readout, out stepReadout);
                 previous.Dispose();
                 nextPosition.add_(one);
                 // Scalars are not tracked by dispose scopes; a gen-0 collection frees them before glibc pins the memory
@@ -128,6 +138,7 @@ public static partial class TextGenerator
         finally
         {
             logits.Dispose();
+            stepReadout?.Dispose();
         }
 
         var responseIds = responses.narrow(1, 0, steps).contiguous();
@@ -135,8 +146,9 @@ public static partial class TextGenerator
         var mask = torch.arange(steps, dtype: ScalarType.Int64, device: device).unsqueeze(0).lt(lengths.unsqueeze(1));
         var sequences = torch.cat([ids, responseIds], 1);
         var lp = logProbs?.narrow(1, 0, steps).contiguous();
+        var ro = readouts?.narrow(1, 0, steps).contiguous();
         var result = new GenerationResult(sequences.DetachFromDisposeScope(), responseIds.DetachFromDisposeScope(), mask.DetachFromDisposeScope(),
-            lengths.DetachFromDisposeScope(), lp?.DetachFromDisposeScope(), host.Tokens, host.Reasons, promptLength);
+            lengths.DetachFromDisposeScope(), lp?.DetachFromDisposeScope(), host.Tokens, host.Reasons, promptLength, ro?.DetachFromDisposeScope());
         return result;
     }
 
@@ -153,12 +165,14 @@ public static partial class TextGenerator
 
     /// <summary>Runs the model on new tokens (writing the cache) and returns fp32 logits of the last position (B, V).
     /// Only the last position goes through the LM head: during prefill the others are not needed.</summary>
-    private static Tensor NextLogits(CausalLanguageModel model, Tensor ids, Tensor? mask, Tensor positions, KvCache cache)
+    private static Tensor NextLogits(CausalLanguageModel model, Tensor ids, Tensor? mask, Tensor positions, KvCache cache,
+        Func<Tensor, Tensor>? readout, out Tensor? readoutValues)
     {
         using var scope = NewDisposeScope();
         var hidden = model.Hidden(ids, mask, positions, cache);                    // (B, T, C)
         var last = hidden.narrow(1, hidden.shape[1] - 1, 1);                        // (B, 1, C)
         var logits = model.Logits(last).squeeze(1).to(ScalarType.Float32);        // (B, V)
+        readoutValues = readout?.Invoke(last.squeeze(1)).to(ScalarType.Float32).DetachFromDisposeScope();
         return logits.DetachFromDisposeScope();
     }
 

@@ -81,6 +81,15 @@ public class PpoStepTests
         Assert.Contains(models.PolicyPart.Parameters, p => p.Parameter.grad is { } g && g.abs().sum().item<float>() > 0);
         Assert.Contains(models.TrainableParameters(), p => p.Name == "value_head.summary.weight");
         loss.Dispose();
+
+        // TRL's route: values and log-probabilities both read in the sampling loop (no policy forward) match the
+        // forward's in fp32.
+        using var sampled = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2) with { LogProbsFromSampling = true }, seed: 12);
+        using var recomputed = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2), seed: 12);
+        Assert.True(sampled.Batch.Ids.equal(recomputed.Batch.Ids).all().item<bool>());
+        Assert.True((sampled.Values! - recomputed.Values!).abs().max().item<float>() < 1e-4);
+        Assert.True((sampled.LogProbs - recomputed.LogProbs).abs().max().item<float>() < 1e-4);
+        Assert.True(sampled.Values!.masked_select(sampled.Real.logical_not()).eq(0).all().item<bool>());
     }
 
     [Theory]

@@ -29,6 +29,9 @@ public sealed class RlTrainer
     public const string PeakMemoryMetric = "memory/peak_rss_mb";
     public const string RolloutSecondsMetric = "time/rollout_s";
     public const string OptimizeSecondsMetric = "time/optimize_s";
+    /// <summary>The sampling part of the rollout (generation, with the sampling loop's log-probabilities and values when
+    /// they are taken there); the rest of time/rollout_s is scoring.</summary>
+    public const string GenerationSecondsMetric = "time/generation_s";
     public const string SampleTable = "rollout";
     /// <summary>Rows of the sample table.</summary>
     public const int SampleRows = 4;
@@ -60,10 +63,7 @@ public sealed class RlTrainer
         var eos = models.Tokenizer.EosId ?? throw new ArgumentException("the tokenizer has no EOS token: responses could never end");
         MicroBatchSize = _spec.Training.BatchSize / _spec.NumMiniBatches / _spec.Training.GradientAccumulation;
         _rollout = new RolloutSettings(_spec.Sampling.Temperature, _spec.Sampling.MaxNewTokens, [eos], models.Tokenizer.PadId ?? eos,
-            MicroBatchSize, _spec.MissingEosPenalty,
-            // With a value head on the policy the rollout runs a policy forward anyway (for the values), so its exact
-            // log-probabilities cost nothing more: no need to keep the sampling loop's.
-            LogProbsFromSampling: !_spec.RecomputeLogProbs && models.ValueHead is null);
+            MicroBatchSize, _spec.MissingEosPenalty, LogProbsFromSampling: !_spec.RecomputeLogProbs);
         _arithmeticPrompts = prompts.Prompts.Take(64).All(p => ArithmeticTask.TryParse(p.Text, out _));
     }
 
@@ -208,6 +208,7 @@ public sealed class RlTrainer
         metrics[EpisodesPerSecondMetric] = batch / seconds;
         metrics[KlCoefMetric] = _kl.Value;
         metrics[RolloutSecondsMetric] = rolloutSeconds;
+        metrics[GenerationSecondsMetric] = rollout.SampleSeconds;
         metrics[OptimizeSecondsMetric] = seconds - rolloutSeconds;
         metrics[PeakMemoryMetric] = PeakMemoryMegabytes();
         if (_arithmeticPrompts)

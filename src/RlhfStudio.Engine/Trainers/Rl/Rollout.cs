@@ -28,6 +28,8 @@ public sealed class Rollout : IDisposable
     public required IReadOnlyList<string> Responses { get; init; }
     /// <summary>Real response tokens generated.</summary>
     public long ResponseTokens { get; init; }
+    /// <summary>Seconds <see cref="RolloutSampler.Collect"/> spent sampling (the rest of the rollout is scoring).</summary>
+    public double SampleSeconds { get; set; }
 
     public int Size => (int)Batch.Ids.shape[0];
 
@@ -58,8 +60,9 @@ public sealed record RolloutSettings(double Temperature, int MaxNewTokens, IRead
     bool LogProbsFromSampling = false);
 
 /// <summary>Sampled responses: the sequences, the real-token mask of the responses and, when asked for, the sampling
-/// loop's log-probability of each response token (<see cref="Advantages.InvalidLogProb"/> past the end).</summary>
-public sealed record SampledBatch(SequenceBatch Batch, Tensor Real, Tensor? LogProbs);
+/// loop's log-probability of each response token (<see cref="Advantages.InvalidLogProb"/> past the end) and a value
+/// head's value of the state before each (0 past the end).</summary>
+public sealed record SampledBatch(SequenceBatch Batch, Tensor Real, Tensor? LogProbs, Tensor? Values = null);
 
 public static class RolloutSampler
 {
@@ -76,7 +79,7 @@ public static class RolloutSampler
     /// with the sampling loop's log-probabilities of the response tokens when <paramref name="withLogProbs"/>: logits /
     /// (temperature + 1e-7), log_softmax, at the sampled token, as TRL takes them from generate's scores.</summary>
     public static SampledBatch Sample(CausalLanguageModel model, IReadOnlyList<RlPrompt> prompts, RolloutSettings settings, long seed, bool withLogProbs,
-        CancellationToken cancel = default)
+        CancellationToken cancel = default, ValueHead? valueHead = null)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -90,22 +93,32 @@ public static class RolloutSampler
             PadTokenId = settings.PadId,
             ReturnLogProbs = withLogProbs,
         };
-        using var result = TextGenerator.Generate(model, ids, mask, generation, cancel: cancel);
+        using var result = TextGenerator.Generate(model, ids, mask, generation, cancel: cancel,
+            readout: valueHead is null ? null : hidden => valueHead.Values(hidden));
         var (responses, real) = ResponseMasks.TruncateAfterStop(result.ResponseIds, settings.StopIds, settings.PadId);
         var batch = new SequenceBatch(torch.cat([ids, responses], 1).DetachFromDisposeScope(),
             torch.cat([mask.to(ScalarType.Bool), real], 1).DetachFromDisposeScope(), ids.shape[1]);
-        var logProbs = withLogProbs ? result.LogProbs!.masked_fill(real.logical_not(), Advantages.InvalidLogProb).DetachFromDisposeScope() : null;
-        return new SampledBatch(batch, real.DetachFromDisposeScope(), logProbs);
+        var notReal = real.logical_not();
+        var logProbs = withLogProbs ? result.LogProbs!.masked_fill(notReal, Advantages.InvalidLogProb).DetachFromDisposeScope() : null;
+        var values = result.Readouts?.masked_fill(notReal, 0.0).DetachFromDisposeScope();
+        return new SampledBatch(batch, real.DetachFromDisposeScope(), logProbs, values);
     }
 
     /// <summary>A full rollout: sampling, decoding, policy and reference log-probabilities, values and scores.</summary>
     public static Rollout Collect(RlModels models, IReadOnlyList<RlPrompt> prompts, RolloutSettings settings, long seed, CancellationToken cancel = default)
     {
         models.SetEvalMode();
-        var (batch, real, sampledLogProbs) = Sample(models.Policy, prompts, settings, seed, settings.LogProbsFromSampling, cancel);
+        // TRL's route with a value head on the policy: log-probabilities and values both come from the sampling loop, and
+        // the policy needs no forward of its own.
+        var valueHead = settings.LogProbsFromSampling ? models.ValueHead : null;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var (batch, real, sampledLogProbs, sampledValues) = Sample(models.Policy, prompts, settings, seed, settings.LogProbsFromSampling, cancel, valueHead);
+        double sampleSeconds = clock.Elapsed.TotalSeconds;
         try
         {
-            return Score(models, prompts, batch, real, settings, sampledLogProbs);
+            var rollout = Score(models, prompts, batch, real, settings, sampledLogProbs, sampledValues);
+            rollout.SampleSeconds = sampleSeconds;
+            return rollout;
         }
         catch
         {
@@ -116,13 +129,15 @@ public static class RolloutSampler
         }
     }
 
-    /// <summary>The rollout of given sequences (takes ownership of <paramref name="batch"/>, <paramref name="real"/> and
-    /// <paramref name="sampledLogProbs"/>). The policy's log-probabilities are <paramref name="sampledLogProbs"/> when
-    /// given (from the sampling loop), else recomputed by a forward.</summary>
+    /// <summary>The rollout of given sequences (takes ownership of <paramref name="batch"/>, <paramref name="real"/>,
+    /// <paramref name="sampledLogProbs"/> and <paramref name="sampledValues"/>). The policy's log-probabilities are
+    /// <paramref name="sampledLogProbs"/> when given (from the sampling loop), else recomputed by a forward; a value head's
+    /// values are <paramref name="sampledValues"/> when given with them, else from that forward.</summary>
     public static Rollout Score(RlModels models, IReadOnlyList<RlPrompt> prompts, SequenceBatch batch, Tensor real, RolloutSettings settings,
-        Tensor? sampledLogProbs = null)
+        Tensor? sampledLogProbs = null, Tensor? sampledValues = null)
     {
-        using var ownedLogProbs = sampledLogProbs;   // copied into the rollout by the concatenation below
+        using var ownedLogProbs = sampledLogProbs;   // copied into the rollout by the concatenations below
+        using var ownedValues = sampledValues;
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var responses = Decode(models, batch.Responses, real);
@@ -142,7 +157,12 @@ public static class RolloutSampler
         // are made once per model instead of every forward casting (and concatenating) every weight again. The reference
         // scope opens after the adapters are disabled and closes before they come back (copies never outlive the
         // adapter state they were made in).
-        if (models.ValueHead is { } head)
+        if (models.ValueHead is not null && sampledLogProbs is not null && sampledValues is not null)
+        {
+            logProbs.Add(sampledLogProbs);
+            values.Add(sampledValues);
+        }
+        else if (models.ValueHead is { } head)
         {
             // A value head on the policy's trunk: one policy forward gives the values and, for the price of the LM head on
             // the response positions, exact log-probabilities (the sampled ones are not needed).
