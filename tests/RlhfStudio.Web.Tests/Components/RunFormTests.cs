@@ -35,6 +35,26 @@ public class RunFormTests
     }
 
     [Fact]
+    public void Rl_and_dpo_options_of_this_session_reach_the_spec_and_validate()
+    {
+        var ppo = new RunForm(RunPresets.For(RunPresets.QuickStart, TrainingMethod.Ppo)) { SharedValueHead = true, RecomputeLogProbs = false };
+        var ppoSpec = Assert.IsType<PpoSpec>(ppo.Spec);
+        Assert.True(ppoSpec.SharedValueHead);
+        Assert.False(ppoSpec.RecomputeLogProbs);
+        Assert.Empty(ppo.Validate());
+        Assert.Equal(ppoSpec.ToJson(), RunSpec.FromJson(ppoSpec.ToJson()).ToJson());
+
+        var dpo = new RunForm(RunPresets.For(RunPresets.QuickStart, TrainingMethod.Dpo)) { RpoAlpha = 0.5 };
+        Assert.Equal(0.5, Assert.IsType<DpoSpec>(dpo.Spec).RpoAlpha);
+        Assert.Empty(dpo.Validate());
+        dpo.RpoAlpha = -1;
+        Assert.Contains(dpo.Validate(), e => e.Field == "rpoAlpha");
+        dpo.RpoAlpha = null;   // empty field = plain DPO
+        Assert.Null(((DpoSpec)dpo.Spec).RpoAlpha);
+        Assert.Empty(dpo.Validate());
+    }
+
+    [Fact]
     public void Switching_method_keeps_shared_settings_and_takes_the_new_methods_defaults()
     {
         var form = new RunForm(new SftSpec()) { Name = "x", MaxLength = 96, Model = ModelRef.FromPreset("small"), LearningRate = 1e-3 };
