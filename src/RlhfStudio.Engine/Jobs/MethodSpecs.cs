@@ -142,6 +142,10 @@ public sealed record PpoSpec : RlSpec
     /// StackLLaMA's setting) instead of a separate value model: one trunk pass gives log-probabilities and values,
     /// and no second model is held; the value loss then also trains the policy's trunk.</summary>
     public bool SharedValueHead { get; init; }
+    /// <summary>Steps at the start that train only the value function, the policy frozen (OpenRLHF's
+    /// freezing_actor_steps): the advantages of the first policy updates then come from a value estimate that has
+    /// seen some returns (most useful with <see cref="SharedValueHead"/>, whose head starts untrained).</summary>
+    public int FreezeActorSteps { get; init; }
     /// <summary>Value model: null = a value head on a copy of the policy's starting weights (or the reward model).</summary>
     public ModelRef? ValueModel { get; init; }
 
@@ -154,6 +158,8 @@ public sealed record PpoSpec : RlSpec
         if (AdaptiveKl && !(TargetKl > 0 && double.IsFinite(TargetKl))) e.Add("targetKl", "must be positive");
         if (AdaptiveKl && !(KlHorizon > 0 && double.IsFinite(KlHorizon))) e.Add("klHorizon", "must be positive");
         ValueModel?.Validate(e, "valueModel");
+        if (FreezeActorSteps < 0 || FreezeActorSteps > 100_000) e.Add("freezeActorSteps", "must be between 0 and 100,000");
+        else if (Training.MaxSteps > 0 && FreezeActorSteps >= Training.MaxSteps) e.Add("freezeActorSteps", "must be below training.maxSteps (the policy would never train)");
         if (SharedValueHead && ValueModel is not null) e.Add("valueModel", "must be empty with sharedValueHead (the value head sits on the policy)");
     }
 }

@@ -64,6 +64,26 @@ public class RlJobTests
     }
 
     [Fact]
+    public void Freezing_the_actor_trains_only_the_value_function_for_the_first_steps()
+    {
+        var spec = RlTestKit.PpoSpec(maxSteps: 3, epochs: 1, adapter: AdapterKind.Full) with
+        {
+            Checkpoints = RlTestKit.PpoSpec().Checkpoints with { SaveSteps = 0 }, SharedValueHead = true, FreezeActorSteps = 1,
+        };
+        Assert.Empty(spec.Validate());
+        Assert.Contains((spec with { FreezeActorSteps = 3 }).Validate(), e => e.Field == "freezeActorSteps");
+        var dir = RlTestKit.TempDir();
+        var (outcome, reporter) = Run(spec, dir);
+        Assert.Equal(RunEndState.Completed, outcome.State);
+        Assert.Contains(reporter.Events, e => e.Message.Contains("policy frozen for the first 1 steps"));
+        // Step 1 moved only the value head: step 2's rollout still comes from the reference's weights (KL exactly 0),
+        // and its value loss differs from step 1's; step 2 trained the policy, so step 3's KL is not 0.
+        Assert.Equal(0.0, reporter.At(2)[MetricNames.ObjectiveKl]);
+        Assert.NotEqual(0.0, reporter.At(3)[MetricNames.ObjectiveKl]);
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [Fact]
     public void A_shared_value_head_is_checkpointed_and_resume_continues_its_curve()
     {
         var spec = RlTestKit.PpoSpec(maxSteps: 3, epochs: 1, adapter: AdapterKind.Full) with

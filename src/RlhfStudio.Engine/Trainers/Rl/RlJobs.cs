@@ -30,7 +30,8 @@ public abstract class RlJob<TSpec>(TSpec spec) : ITrainingJob where TSpec : RlSp
             (models, prompts) = RlSetup.Build(Spec, context.Reporter);
             context.Reporter.Event(RunEvent.Info($"{Spec.Method}: {prompts.Count} prompts, scores from {models.Scorer.Name}, reference = " +
                 (models.ReferenceCopy is null ? "the policy with its LoRA adapters disabled" : "a frozen copy of the starting weights") +
-                (models.Value is not null ? ", value model trained alongside" : models.ValueHead is not null ? ", value head on the policy's trunk" : "") + $"; {Freezing.Report(models.Policy)}"));
+                (models.Value is not null ? ", value model trained alongside" : models.ValueHead is not null ? ", value head on the policy's trunk" : "") +
+                (Spec is PpoSpec { FreezeActorSteps: > 0 } frozen ? $", policy frozen for the first {frozen.FreezeActorSteps} steps (value warm-up)" : "") + $"; {Freezing.Report(models.Policy)}"));
             using var objective = CreateObjective();
             var trainer = new RlTrainer(context, models, prompts, objective);
             var outcome = trainer.Run();

@@ -67,6 +67,8 @@ public sealed class RlTrainer
         _arithmeticPrompts = prompts.Prompts.Take(64).All(p => ArithmeticTask.TryParse(p.Text, out _));
     }
 
+    private int FrozenPolicySteps => _spec is PpoSpec ppo ? ppo.FreezeActorSteps : 0;
+
     public int PromptsPerStep => _spec.Training.BatchSize / _objective.SamplesPerPrompt;
     public int MicroBatchSize { get; }
     public KlController Kl => _kl;
@@ -174,6 +176,13 @@ public sealed class RlTrainer
                     (loss / _spec.Training.GradientAccumulation).backward();
                     stats.Add(s);
                 }
+                // Value warm-up (freezeActorSteps): the policy's gradients are dropped, so only the value function learns.
+                if (stepNumber <= FrozenPolicySteps)
+                    foreach (var p in _models.PolicyPart.Parameters)
+                    {
+                        using var g = p.Parameter.grad;
+                        if (g is not null) p.Parameter.grad = null;
+                    }
                 gradNorm = GradientClipping.ClipByTotalNorm(parameters, _spec.Training.MaxGradNorm);
                 if (!double.IsFinite(gradNorm))
                 {

@@ -94,6 +94,7 @@ public sealed class RunForm
     public double ClipRange { get => (Spec as RlSpec)?.ClipRange ?? 0.2; set { if (Spec is RlSpec s) Spec = s with { ClipRange = value }; } }
     public double? MissingEosPenalty { get => (Spec as RlSpec)?.MissingEosPenalty; set { if (Spec is RlSpec s) Spec = s with { MissingEosPenalty = value }; } }
     public bool RecomputeLogProbs { get => (Spec as RlSpec)?.RecomputeLogProbs ?? true; set { if (Spec is RlSpec s) Spec = s with { RecomputeLogProbs = value }; } }
+    public int FreezeActorSteps { get => (Spec as PpoSpec)?.FreezeActorSteps ?? 0; set { if (Spec is PpoSpec s) Spec = s with { FreezeActorSteps = value }; } }
     public bool SharedValueHead { get => (Spec as PpoSpec)?.SharedValueHead ?? false; set { if (Spec is PpoSpec s) Spec = s with { SharedValueHead = value }; } }
     public double VfCoef { get => (Spec as PpoSpec)?.VfCoef ?? 0; set { if (Spec is PpoSpec s) Spec = s with { VfCoef = value }; } }
     public double Gamma { get => (Spec as PpoSpec)?.Gamma ?? 1; set { if (Spec is PpoSpec s) Spec = s with { Gamma = value }; } }

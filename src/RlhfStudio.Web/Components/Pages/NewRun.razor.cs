@@ -56,7 +56,7 @@ public partial class NewRun
         "name", "model", "dataset", "reward", "maxLength", "adapter", "training.learningRate", "training.maxSteps", "training.epochs",
         "training.batchSize", "training.gradientAccumulation", "training.warmupRatio", "training.weightDecay", "checkpoints.evalSteps",
         "checkpoints.saveSteps", "checkpoints.keepLast", "checkpoints.loggingSteps", "sampling.maxNewTokens", "sampling.temperature", "numSamples", "centerRewardsCoefficient",
-        "klCoef", "numPpoEpochs", "numMiniBatches", "clipRange", "missingEosPenalty", "vfCoef", "gamma", "lam", "targetKl", "rlooK", "beta",
+        "klCoef", "numPpoEpochs", "numMiniBatches", "clipRange", "missingEosPenalty", "vfCoef", "gamma", "lam", "targetKl", "freezeActorSteps", "rlooK", "beta",
         "labelSmoothing", "rpoAlpha", "maxPromptLength",
     ];
 
