@@ -62,6 +62,8 @@ public class PpoStepTests
         using var models = RlTestKit.Models(lora, sharedValueHead: true);
         Assert.Null(models.Value);
         Assert.True(models.HasValues);
+        Assert.Equal(0f, models.ValueHead!.summary.weight.abs().max().item<float>());   // a fresh head values every state at 0
+        using (no_grad()) models.ValueHead.summary.weight.normal_(0, 0.1);            // a trained one, for the checks below
         using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2) with { LogProbsFromSampling = true }, seed: 11);
         Assert.NotNull(rollout.Values);
         Assert.True(rollout.Values!.masked_select(rollout.Real.logical_not()).eq(0).all().item<bool>());
