@@ -146,6 +146,9 @@ public sealed record PpoSpec : RlSpec
     /// freezing_actor_steps): the advantages of the first policy updates then come from a value estimate that has
     /// seen some returns (most useful with <see cref="SharedValueHead"/>, whose head starts untrained).</summary>
     public int FreezeActorSteps { get; init; }
+    /// <summary>Factor on the learning rate of the shared value head (it starts from zero next to a pre-trained trunk;
+    /// at the policy's learning rate it learns slowly).</summary>
+    public double ValueHeadLearningRateScale { get; init; } = 1.0;
     /// <summary>Value model: null = a value head on a copy of the policy's starting weights (or the reward model).</summary>
     public ModelRef? ValueModel { get; init; }
 
@@ -158,6 +161,7 @@ public sealed record PpoSpec : RlSpec
         if (AdaptiveKl && !(TargetKl > 0 && double.IsFinite(TargetKl))) e.Add("targetKl", "must be positive");
         if (AdaptiveKl && !(KlHorizon > 0 && double.IsFinite(KlHorizon))) e.Add("klHorizon", "must be positive");
         ValueModel?.Validate(e, "valueModel");
+        if (!(ValueHeadLearningRateScale > 0 && ValueHeadLearningRateScale <= 10_000)) e.Add("valueHeadLearningRateScale", "must be above 0 and at most 10,000");
         if (FreezeActorSteps < 0 || FreezeActorSteps > 100_000) e.Add("freezeActorSteps", "must be between 0 and 100,000");
         else if (Training.MaxSteps > 0 && FreezeActorSteps >= Training.MaxSteps) e.Add("freezeActorSteps", "must be below training.maxSteps (the policy would never train)");
         if (SharedValueHead && ValueModel is not null) e.Add("valueModel", "must be empty with sharedValueHead (the value head sits on the policy)");

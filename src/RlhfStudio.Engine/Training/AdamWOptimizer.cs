@@ -82,22 +82,22 @@ public sealed class AdamWOptimizer : IDisposable
         using var scope = NewDisposeScope();
         // fp32 parameters with fp32 gradients (plain fp32 training and fp32 masters under a bf16 compute dtype) go
         // through libtorch's fused multi-tensor AdamW: one kernel pass per tensor instead of nine elementwise ops.
-        var fused = new Dictionary<(bool Decayed, long Step, DeviceType Device), List<(State State, Tensor Grad)>>();
+        var fused = new Dictionary<(bool Decayed, long Step, DeviceType Device, double Scale), List<(State State, Tensor Grad)>>();
         foreach (var s in _states)
         {
             var grad = s.Target.Parameter.grad;
             if (grad is null) continue;
             if (FusedAdamW.Available && s.Target.Parameter.dtype == ScalarType.Float32 && grad.dtype == ScalarType.Float32 && !grad.is_sparse)
             {
-                var key = (s.Decayed && WeightDecay != 0, s.Step + 1, s.Target.Parameter.device_type);
+                var key = (s.Decayed && WeightDecay != 0, s.Step + 1, s.Target.Parameter.device_type, s.Target.LearningRateScale);
                 if (!fused.TryGetValue(key, out var list)) fused[key] = list = [];
                 list.Add((s, grad));
                 continue;
             }
             using var one = NewDisposeScope();
-            Update(s, grad, learningRate);
+            Update(s, grad, learningRate * s.Target.LearningRateScale);
         }
-        foreach (var ((decayed, step, _), group) in fused)
+        foreach (var ((decayed, step, _, scale), group) in fused)
         {
             foreach (var (s, _) in group)
             {
@@ -109,7 +109,7 @@ public sealed class AdamWOptimizer : IDisposable
             using var stepTensor = tensor((float)step, ScalarType.Float32, device);
             FusedAdamW.Update(group.Select(g => (Tensor)g.State.Target.Parameter).ToArray(), group.Select(g => g.Grad).ToArray(),
                 group.Select(g => g.State.ExpAvg!).ToArray(), group.Select(g => g.State.ExpAvgSq!).ToArray(), stepTensor,
-                learningRate, Beta1, Beta2, decayed ? WeightDecay : 0.0, Epsilon);
+                learningRate * scale, Beta1, Beta2, decayed ? WeightDecay : 0.0, Epsilon);
         }
     }
 

@@ -3,8 +3,9 @@ using TorchSharp.Modules;
 
 namespace RlhfStudio.Engine.Training;
 
-/// <summary>A trainable parameter with its name in the model (the key its optimiser state is saved under).</summary>
-public sealed record NamedParameter(string Name, Parameter Parameter);
+/// <summary>A trainable parameter with its name in the model (the key its optimiser state is saved under) and a factor
+/// on the learning rate (1 for all but heads trained from scratch next to pre-trained weights, e.g. PPO's shared value head).</summary>
+public sealed record NamedParameter(string Name, Parameter Parameter, double LearningRateScale = 1.0);
 
 /// <summary>Which parameters get weight decay, as transformers' <c>Trainer.get_decay_parameter_names</c>: none for
 /// biases and normalisation weights.</summary>

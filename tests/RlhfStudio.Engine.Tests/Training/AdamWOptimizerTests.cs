@@ -113,6 +113,23 @@ public class AdamWOptimizerTests
     }
 
     [Fact]
+    public void A_learning_rate_scale_multiplies_only_its_parameters_step()
+    {
+        // Adam's first step moves every element by lr (m / sqrt(v) = g / |g|): 0.01 for a, 0.1 for b with scale 10.
+        var a = Param("a.weight", [1f, 2f], [1, 2]);
+        var plain = Param("b.weight", [1f, 2f], [1, 2]);
+        var b = plain with { LearningRateScale = 10 };
+        using var opt = new AdamWOptimizer([a, b]);
+        SetGrad(a, [1f, -1f]);
+        SetGrad(b, [1f, -1f]);
+        opt.Step(0.01);
+        Assert.Equal(0.99f, Values(a)[0], 5);
+        Assert.Equal(2.01f, Values(a)[1], 5);
+        Assert.Equal(0.9f, Values(b)[0], 5);
+        Assert.Equal(2.1f, Values(b)[1], 5);
+    }
+
+    [Fact]
     public void ZeroGrad_drops_the_gradients()
     {
         var a = Param("a.weight", [1f, 2f], [1, 2]);

@@ -95,7 +95,10 @@ public static class RlSetup
             if (scorer is BuiltinScorer && prompts.Prompts.FirstOrDefault(q => !ArithmeticTask.TryParse(q.Text, out _)) is { } bad)
                 throw new RlSetupException($"the built-in {spec.Reward.Builtin} scorer cannot score answers to \"{Shorten(bad.Text)}\" (not one of its questions): " +
                     "use the built-in arithmetic prompts, or a reward model");
-            return (new RlModels(policy, reference, value, scorer, valueHead: valueHead), prompts);
+            return (new RlModels(policy, reference, value, scorer, valueHead: valueHead)
+            {
+                ValueHeadLearningRateScale = spec is PpoSpec p ? p.ValueHeadLearningRateScale : 1.0,
+            }, prompts);
         }
         catch
         {
