@@ -30,6 +30,15 @@ public class TrainRlCommandTests(TinyTrainingFolder folder) : IClassFixture<Tiny
         var moved = CliRun.Of("eval", "kl", "--model", final, "--reference", folder.Model, "--prompts", "4", "--max-new-tokens", "6");
         Assert.True(moved.ExitCode == 0, moved.Error + moved.Out);
         Assert.Matches(@"^KL -?\d+\.\d{3} nats per response", moved.Out);
+        // Prompts of the user's own data: the evaluation rows of a prompt-only JSONL file.
+        var file = folder.Path2($"{method}-prompts.jsonl");
+        File.WriteAllLines(file, Enumerable.Range(0, 40).Select(i => $"{{\"prompt\": \"What is {i} + {i + 1}?\"}}"));
+        var own = CliRun.Of("eval", "kl", "--model", final, "--reference", folder.Model, "--dataset", file, "--prompts", "2", "--max-new-tokens", "4", "--json");
+        Assert.True(own.ExitCode == 0, own.Error + own.Out);
+        Assert.Equal(2, System.Text.Json.JsonDocument.Parse(own.Out).RootElement.GetProperty("responses").GetInt32());
+        var badFile = CliRun.Of("eval", "kl", "--model", final, "--reference", folder.Model, "--dataset", folder.Path2("nowhere.jsonl"));
+        Assert.Equal(1, badFile.ExitCode);
+        Assert.Contains("nowhere.jsonl", badFile.Error);
         var missing = CliRun.Of("eval", "kl", "--model", final);
         Assert.NotEqual(0, missing.ExitCode);
         Assert.Contains("--reference", missing.Error);

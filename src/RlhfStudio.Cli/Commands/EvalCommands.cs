@@ -24,8 +24,9 @@ internal static class EvalCommands
         "held-out pair accuracy (r_chosen > r_rejected) of a reward model on the built-in preference test split",
         RunReward);
 
-    public static CommandSpec Kl { get; } = new("eval kl", [], ["model", "reference", "prompts", "seed", "temperature", "max-new-tokens", "template", "dtype", "threads"], ["json"],
-        "KL of a tuned policy from its reference on responses it samples for held-out arithmetic questions (TRL's objective/kl estimator)",
+    public static CommandSpec Kl { get; } = new("eval kl", [], ["model", "reference", "dataset", "prompts", "seed", "temperature", "max-new-tokens", "template", "dtype", "threads"], ["json"],
+        "KL of a tuned policy from its reference on responses it samples for held-out prompts: the arithmetic test split, or " +
+        "--dataset FILE's evaluation rows (JSONL/Parquet, any TRL format; TRL's objective/kl estimator)",
         RunKl);
 
     private static int RunArithmetic(Arguments args, CliOutput output)
@@ -117,7 +118,12 @@ internal static class EvalCommands
         using var reference = ModelLoader.Load(referenceFolder, dtype);
         var template = Template(args, tokenizer, folder, model);
         var eos = tokenizer.EosId ?? throw new UsageException($"{folder}: the tokenizer has no EOS token, so responses never end");
-        var prompts = ArithmeticEvaluation.HeldOutQuestions(count, seed).Select(q => new RlPrompt(q, template.TokenizePrompt(tokenizer, q))).ToList();
+        var texts = args.String("dataset") is { } datasetPath
+            ? Dataset.Open(new DatasetRef { Path = datasetPath }, TrainingMethod.Ppo, seed).Examples(DatasetPart.Eval).Take(count)
+                .Select(e => DatasetFormats.PromptOf(e).ToString()).ToList()
+            : ArithmeticEvaluation.HeldOutQuestions(count, seed);
+        if (texts.Count == 0) throw new UsageException($"{args.String("dataset")}: no evaluation rows to take prompts from");
+        var prompts = texts.Select(q => new RlPrompt(q, template.TokenizePrompt(tokenizer, q))).ToList();
         var settings = new RolloutSettings(temperature, maxNew, [eos], tokenizer.PadId ?? eos, ForwardBatchSize: 64, MissingEosPenalty: null);
         var clock = Stopwatch.StartNew();
         var report = PolicyDivergence.Measure(model, reference, prompts, settings, seed);
