@@ -197,6 +197,18 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
+    /// <summary>Reads exactly <paramref name="targets"/> (file key -> tensor to fill, in place): a key of the file that is not
+    /// among them is refused as <paramref name="unexpectedReason"/> says, a missing one as missing; nothing is read
+    /// before both checks pass. For state written by this program (checkpointed adapters, heads), not HF folders.</summary>
+    public void ReadExactlyInto(IReadOnlyDictionary<string, Tensor> targets, string unexpectedReason)
+    {
+        if (Tensors.Keys.Where(k => !targets.ContainsKey(k)).Order(StringComparer.Ordinal).FirstOrDefault() is { } unexpected)
+            throw ModelLoadException.InFile(Path, unexpectedReason, unexpected);
+        if (targets.Keys.Where(k => !Tensors.ContainsKey(k)).Order(StringComparer.Ordinal).FirstOrDefault() is { } missing)
+            throw ModelLoadException.InFile(Path, "is missing", missing);
+        foreach (var (key, target) in targets) ReadInto(key, target);
+    }
+
     /// <summary>Copies one tensor into <paramref name="target"/> (same shape; any dtype and device: converted).
     /// When the target is a contiguous CPU tensor of the stored dtype the bytes go straight into it; otherwise one
     /// temporary of this tensor's size is used. Never holds more than one tensor's extra copy.</summary>

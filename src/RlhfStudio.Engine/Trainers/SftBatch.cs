@@ -2,7 +2,6 @@ using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Training;
 using TorchSharp;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace RlhfStudio.Engine.Trainers;
 
@@ -11,8 +10,8 @@ namespace RlhfStudio.Engine.Trainers;
 /// padded (the cheaper causal-only attention).</summary>
 public sealed record SftBatch(Tensor InputIds, Tensor? AttentionMask, Tensor Targets)
 {
-    /// <summary>PyTorch's and transformers' ignore label.</summary>
-    public const long IgnoreIndex = -100;
+    /// <summary>PyTorch's and transformers' ignore label: the one the token loss skips.</summary>
+    public const long IgnoreIndex = LinearCrossEntropy.IgnoreIndex;
 
     /// <summary>Pads <paramref name="rows"/> on the right with <paramref name="padId"/>. Labels come from each row's
     /// trained flags and its length, never from comparing ids with the pad id (pad may equal EOS, whose label trains).</summary>

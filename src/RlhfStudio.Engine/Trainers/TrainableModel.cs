@@ -66,16 +66,8 @@ public sealed class TrainableModel<TModel> : IDisposable where TModel : Transfor
         var path = Path.Combine(folder, Lora.WeightsFileName);
         if (!File.Exists(path)) throw new ModelLoadException($"{path}: not found (the checkpoint has no LoRA adapter; was it made with adapter kind lora?)") { FilePath = path };
         using var file = SafeTensorsFile.Open(path);
-        var expected = Parameters.Select(p => Lora.KeyPrefix + p.Name).ToHashSet(StringComparer.Ordinal);
-        var unexpected = file.Tensors.Keys.Where(k => !expected.Contains(k)).Order(StringComparer.Ordinal).ToList();
-        if (unexpected.Count > 0)
-            throw ModelLoadException.InFile(path, "is not trained by this run (a different adapter config?)", unexpected[0]);
-        foreach (var p in Parameters)
-        {
-            var key = Lora.KeyPrefix + p.Name;
-            if (!file.Tensors.ContainsKey(key)) throw ModelLoadException.InFile(path, "is missing", key);
-            file.ReadInto(key, p.Parameter);
-        }
+        file.ReadExactlyInto(Parameters.ToDictionary(p => Lora.KeyPrefix + p.Name, p => (Tensor)p.Parameter, StringComparer.Ordinal),
+            "is not trained by this run (a different adapter config?)");
     }
 
     /// <summary>Writes the final model into <paramref name="folder"/> (see the file comment) and returns it.</summary>

@@ -11,6 +11,15 @@ public class PpoStepTests
 {
     private static PpoObjective Ppo() => new(vfCoef: 0.1, clipRange: 0.2, clipRangeValue: 0.2, gamma: 1, lam: 0.95, whitenRewards: false);
 
+    /// <summary>The loss of the first update of a step: targets prepared, then a permuted micro-batch of the same size as
+    /// the rollout's forward chunks (rows 3 and 0), as the first PPO update sees it.</summary>
+    private static (Tensor Loss, MicroBatchStats Stats) FirstUpdate(PpoObjective ppo, RlModels models, Rollout rollout)
+    {
+        ppo.Prepare(rollout, klCoef: 0.05);
+        using var rows = torch.tensor(new long[] { 3, 0 });
+        return ppo.Loss(models, rollout, rows, temperature: 0.7);
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
@@ -27,9 +36,7 @@ public class PpoStepTests
         Assert.True(gap < 1e-4, $"log-probs differ by {gap}");
         Assert.True(sampled.LogProbs.masked_select(sampled.Real.logical_not()).eq(Advantages.InvalidLogProb).all().item<bool>());
         using var ppo = Ppo();
-        ppo.Prepare(sampled, klCoef: 0.05);
-        using var rows = torch.tensor(new long[] { 3, 0 });
-        var (loss, stats) = ppo.Loss(models, sampled, rows, temperature: 0.7);
+        var (loss, stats) = FirstUpdate(ppo, models, sampled);
         loss.Dispose();
         Assert.Equal(1.0, stats.Ratio, 4);
         Assert.Equal(0.0, stats.ClipFraction);
@@ -43,10 +50,7 @@ public class PpoStepTests
         using var models = RlTestKit.Models(lora);
         using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2), seed: 11);
         using var ppo = Ppo();
-        ppo.Prepare(rollout, klCoef: 0.05);
-        // A permuted micro-batch of the same size as the rollout's forward chunks, as the first PPO update sees it.
-        using var rows = torch.tensor(new long[] { 3, 0 });
-        var (loss, stats) = ppo.Loss(models, rollout, rows, temperature: 0.7);
+        var (loss, stats) = FirstUpdate(ppo, models, rollout);
         loss.Dispose();
         Assert.Equal(1.0, stats.Ratio, 6);
         Assert.True(stats.ApproxKl < 1e-10, $"approx KL {stats.ApproxKl}");
@@ -64,14 +68,12 @@ public class PpoStepTests
         Assert.True(models.HasValues);
         Assert.Equal(0f, models.ValueHead!.summary.weight.abs().max().item<float>());   // a fresh head values every state at 0
         using (no_grad()) models.ValueHead.summary.weight.normal_(0, 0.1);            // a trained one, for the checks below
-        using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2) with { LogProbsFromSampling = true }, seed: 11);
+        using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2), seed: 11);
         Assert.NotNull(rollout.Values);
         Assert.True(rollout.Values!.masked_select(rollout.Real.logical_not()).eq(0).all().item<bool>());
         Assert.True(rollout.Values.abs().sum().item<float>() > 0);
         using var ppo = Ppo();
-        ppo.Prepare(rollout, klCoef: 0.05);
-        using var rows = torch.tensor(new long[] { 3, 0 });
-        var (loss, stats) = ppo.Loss(models, rollout, rows, temperature: 0.7);
+        var (loss, stats) = FirstUpdate(ppo, models, rollout);
         // Exact log-probabilities from the policy forward that also gave the values: ratio 1, nothing clipped.
         Assert.Equal(1.0, stats.Ratio, 6);
         Assert.True(stats.ApproxKl < 1e-10, $"approx KL {stats.ApproxKl}");

@@ -1,10 +1,7 @@
 using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Jobs;
-using RlhfStudio.Engine.Models;
-using RlhfStudio.Engine.Text;
 using RlhfStudio.Engine.Trainers;
 using RlhfStudio.Engine.Trainers.Rl;
-using static TorchSharp.torch;
 
 namespace RlhfStudio.Engine.Tests.Rl;
 
@@ -17,17 +14,9 @@ public sealed class RlLearningTests
     private static double AsciiShare(string prompt, string response) =>
         response.Length == 0 ? 0 : response.Count(c => c < 128 && !char.IsControl(c)) / (double)response.Length;
 
-    private static RlModels Models()
-    {
-        var tokenizer = RlTestKit.Tokenizer;
-        var policy = new TrainableModel<CausalLanguageModel>(RlTestKit.Policy(), tokenizer, PromptTemplates.StackLlama, CPU, AdapterKind.Full, "test");
-        var value = new TrainableModel<ScoreModel>(RlTestKit.Value(), tokenizer, PromptTemplates.StackLlama, CPU, AdapterKind.Full, "test");
-        return new RlModels(policy, RlTestKit.Policy(), value, new BuiltinScorer("ascii-share", AsciiShare));
-    }
-
     private static (double First, double Last) Run(RunSpec spec, IRlObjective objective)
     {
-        using var models = Models();
+        using var models = RlTestKit.Models(lora: false, scorer: new BuiltinScorer("ascii-share", AsciiShare));
         var reporter = new JobRecorder();
         var trainer = new RlTrainer(new RunContext(spec, RlTestKit.TempDir(), reporter, CancellationToken.None), models,
             PromptSet.Of(RlTestKit.Prompts(64)), objective);

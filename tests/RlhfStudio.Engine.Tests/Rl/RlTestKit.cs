@@ -34,20 +34,16 @@ internal static class RlTestKit
         return model;
     }
 
-    /// <summary>Policy (LoRA with B = 0, or full with a frozen identical copy as reference), value model, arithmetic scorer.</summary>
-    public static RlModels Models(bool lora, bool withValue = true, long seed = 3, bool sharedValueHead = false)
+    /// <summary>Policy (LoRA with B = 0, or full with a frozen identical copy as reference), value model (or a value head
+    /// on the policy), and the arithmetic scorer unless another is given.</summary>
+    public static RlModels Models(bool lora, bool withValue = true, long seed = 3, bool sharedValueHead = false, ISequenceScorer? scorer = null)
     {
-        if (sharedValueHead)
-        {
-            var plain = Models(lora, withValue: false, seed);   // never disposed: its parts move into the models returned
-            return new RlModels(plain.PolicyPart, plain.ReferenceCopy, null, plain.Scorer, valueHead: new ValueHead(Config().HiddenSize, null, CPU, seed));
-        }
         var policy = Policy(seed);
         CausalLanguageModel? reference = null;
         if (lora) Lora.Apply(policy, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "v_proj"] }, seed);
         else reference = Policy(seed);
         ScoreModel? value = null;
-        if (withValue)
+        if (withValue && !sharedValueHead)
         {
             value = Value(seed);
             if (lora) Lora.Apply(value, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "v_proj"] }, seed + 1);
@@ -55,7 +51,8 @@ internal static class RlTestKit
         var kind = lora ? AdapterKind.Lora : AdapterKind.Full;
         var policyPart = new TrainableModel<CausalLanguageModel>(policy, Tokenizer, PromptTemplates.StackLlama, CPU, kind, "test");
         var valuePart = value is null ? null : new TrainableModel<ScoreModel>(value, Tokenizer, PromptTemplates.StackLlama, CPU, kind, "test");
-        return new RlModels(policyPart, reference, valuePart, BuiltinScorer.Named("arithmetic")!);
+        var head = sharedValueHead ? new ValueHead(Config().HiddenSize, null, CPU) : null;
+        return new RlModels(policyPart, reference, valuePart, scorer ?? BuiltinScorer.Named("arithmetic")!, valueHead: head);
     }
 
     public static IReadOnlyList<RlPrompt> Prompts(int count, int seed = 1) =>

@@ -52,8 +52,6 @@ public sealed class RlModels : IDisposable
     public ScoreModel? Value => ValuePart?.Model;
     /// <summary>The value head on the policy's trunk (PPO with sharedValueHead), or null.</summary>
     public ValueHead? ValueHead { get; }
-    /// <summary>Factor on the shared value head's learning rate (PpoSpec.ValueHeadLearningRateScale).</summary>
-    public double ValueHeadLearningRateScale { get; init; } = 1.0;
     /// <summary>Whether the run has a value function (a value model or a shared head).</summary>
     public bool HasValues => ValuePart is not null || ValueHead is not null;
     public ISequenceScorer Scorer { get; }
@@ -77,7 +75,7 @@ public sealed class RlModels : IDisposable
     {
         var list = PolicyPart.Parameters.Select(p => new NamedParameter("policy." + p.Name, p.Parameter)).ToList();
         if (ValuePart is not null) list.AddRange(ValuePart.Parameters.Select(p => new NamedParameter("value." + p.Name, p.Parameter)));
-        if (ValueHead is not null) list.AddRange(ValueHead.Parameters.Select(p => new NamedParameter("value_head." + p.Name, p.Parameter, ValueHeadLearningRateScale)));
+        if (ValueHead is not null) list.AddRange(ValueHead.Parameters.Select(p => new NamedParameter("value_head." + p.Name, p.Parameter, ValueHead.LearningRateScale)));
         return list;
     }
 

@@ -76,8 +76,8 @@ public static class RlSetup
 
             TrainableModel<ScoreModel>? value = null;
             ValueHead? valueHead = null;
-            if (spec is PpoSpec { SharedValueHead: true })
-                valueHead = Track(new ValueHead(policy.Model.Config.HiddenSize, compute, policy.Device, spec.Seed), loaded);
+            if (spec is PpoSpec { SharedValueHead: true } shared)
+                valueHead = Track(new ValueHead(policy.Model.Config.HiddenSize, compute, policy.Device) { LearningRateScale = shared.ValueHeadLearningRateScale }, loaded);
             else if (spec is PpoSpec ppo)
             {
                 // spec.ValueModel, else the reward model (TRL's default), else the policy's starting weights with a fresh head.
@@ -95,10 +95,7 @@ public static class RlSetup
             if (scorer is BuiltinScorer && prompts.Prompts.FirstOrDefault(q => !ArithmeticTask.TryParse(q.Text, out _)) is { } bad)
                 throw new RlSetupException($"the built-in {spec.Reward.Builtin} scorer cannot score answers to \"{Shorten(bad.Text)}\" (not one of its questions): " +
                     "use the built-in arithmetic prompts, or a reward model");
-            return (new RlModels(policy, reference, value, scorer, valueHead: valueHead)
-            {
-                ValueHeadLearningRateScale = spec is PpoSpec p ? p.ValueHeadLearningRateScale : 1.0,
-            }, prompts);
+            return (new RlModels(policy, reference, value, scorer, valueHead: valueHead), prompts);
         }
         catch
         {

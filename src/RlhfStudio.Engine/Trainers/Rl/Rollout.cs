@@ -157,10 +157,11 @@ public static class RolloutSampler
         // are made once per model instead of every forward casting (and concatenating) every weight again. The reference
         // scope opens after the adapters are disabled and closes before they come back (copies never outlive the
         // adapter state they were made in).
-        if (models.ValueHead is not null && sampledLogProbs is not null && sampledValues is not null)
+        // The sampling loop's log-probabilities (and, with a value head, its values) when it gave them; else a forward.
+        if (sampledLogProbs is not null && (models.ValueHead is null || sampledValues is not null))
         {
             logProbs.Add(sampledLogProbs);
-            values.Add(sampledValues);
+            if (models.ValueHead is not null) values.Add(sampledValues!);
         }
         else if (models.ValueHead is { } head)
         {
@@ -177,8 +178,6 @@ public static class RolloutSampler
                     values.Add(head.Values(predicting).masked_fill(notReal, 0.0).MoveToOuterDisposeScope());
                 }
         }
-        else if (sampledLogProbs is not null)
-            logProbs.Add(sampledLogProbs);
         else
             using (models.Policy.UseInferenceWeights())
                 foreach (var (chunk, chunkReal, _) in chunks)

@@ -17,7 +17,7 @@ public sealed class ValueHead : nn.Module
     public const string FileName = "value_head.safetensors";
     public const string KeyPrefix = "v_head.";
 
-    public ValueHead(long hiddenSize, ScalarType? computeDType, Device device, long seed) : base("ValueHead")
+    public ValueHead(long hiddenSize, ScalarType? computeDType, Device device) : base("ValueHead")
     {
         RegisterComponents();
         summary = new Projection(hiddenSize, 1, hasBias: true, ScalarType.Float32, device) { ComputeDType = computeDType };
@@ -27,12 +27,15 @@ public sealed class ValueHead : nn.Module
         // against scores of ~0.5, i.e. mostly noise, at the policy's learning rate too slow to unlearn). The weights
         // still get gradients (the hidden states are not 0).
         using var noGrad = no_grad();
-        _ = seed;
         summary.weight.zero_();
         summary.bias!.zero_();
     }
 
     public Projection summary { get; }
+
+    /// <summary>Factor on the head's learning rate (PpoSpec.ValueHeadLearningRateScale): it starts from zero next to a
+    /// pre-trained trunk.</summary>
+    public double LearningRateScale { get; init; } = 1.0;
 
     /// <summary>The trained parameters, named as in the saved file (without the v_head. prefix).</summary>
     public IReadOnlyList<NamedParameter> Parameters => named_parameters().Select(p => new NamedParameter(p.name, p.parameter)).ToList();
@@ -53,11 +56,7 @@ public sealed class ValueHead : nn.Module
         var path = Path.Combine(folder, FileName);
         if (!File.Exists(path)) throw new ModelLoadException($"{path}: not found (the checkpoint has no value head; was the run made with sharedValueHead?)") { FilePath = path };
         using var file = SafeTensorsFile.Open(path);
-        foreach (var p in Parameters)
-        {
-            var key = KeyPrefix + p.Name;
-            if (!file.Tensors.ContainsKey(key)) throw ModelLoadException.InFile(path, "is missing", key);
-            file.ReadInto(key, p.Parameter);
-        }
+        file.ReadExactlyInto(Parameters.ToDictionary(p => KeyPrefix + p.Name, p => (Tensor)p.Parameter, StringComparer.Ordinal),
+            "is not a tensor of this value head");
     }
 }
