@@ -41,6 +41,11 @@ public sealed record GenerationSettings
     /// logprobs; T = 1 for greedy). Computed from the model's raw logits, before min-new-tokens, top-k and top-p.</summary>
     public bool ReturnLogProbs { get; init; }
 
+    /// <summary>One-token decode steps of Llama-family models on an AVX-512 CPU run as fused managed SIMD kernels
+    /// (<see cref="CpuDecoder"/>: fp32 activations, the same weights and cache) instead of libtorch ops, ~3-5x faster
+    /// per step at batch 8; elsewhere, or false, every step runs on libtorch.</summary>
+    public bool FusedCpuDecode { get; init; } = true;
+
     public bool IsGreedy => Temperature == 0;
 
     /// <summary>The temperature the returned log-probabilities use.</summary>

@@ -80,7 +80,9 @@ public static partial class TextGenerator
         var padTensor = torch.full([batch], pad, dtype: ScalarType.Int64, device: device);
         var stopTensor = torch.tensor(stopIds, dtype: ScalarType.Int64, device: device);
         var eosTensor = torch.tensor(eosIds.ToArray(), dtype: ScalarType.Int64, device: device);
-        using var cache = model.NewCache(batch, total);
+        // Decode steps after the prefill: fused CPU kernels where they cover the model, else libtorch ops.
+        using var fused = settings.FusedCpuDecode && maxNew > 1 ? CpuDecoder.TryCreate(model, out _) : null;
+        using var cache = model.NewCache(batch, total, fused?.CacheDType);
         var generator = new torch.Generator((ulong)settings.Seed, device);
         using var logProbScale = (settings.LogProbTemperature + LogProbTemperatureEpsilon).ToScalar();
         using var zero = 0.0f.ToScalar();
@@ -88,6 +90,14 @@ public static partial class TextGenerator
         var host = new StepBookkeeping(batch, eosIds, settings, tokenizer);
         int steps = 0;
         var logits = NextLogits(model, ids, fullMask?.narrow(1, 0, promptLength), promptPositions, cache, readout, out stepReadout);   // (B, V) fp32
+        // Left padding (checked above) makes each row's attended cache slots one range, from its first real prompt token.
+        long[] hostPositions = realLengths.cpu().data<long>().ToArray();
+        fused?.Bind(cache, hostPositions.Select(n => promptLength - n).ToArray());
+        // The decoder's own threads take the cores; libtorch's ops between steps (sampling) run on this thread alone.
+        // With its OpenMP team they left a worker spinning after each op that starved the decoder's helper: a 25 us
+        // parallel matmul took 400 us after a softmax.
+        int torchThreads = torch.get_num_threads();
+        if (fused is not null) torch.set_num_threads(1);
         try
         {
             for (int step = 0; step < maxNew; step++)
@@ -126,9 +136,12 @@ public static partial class TextGenerator
                 if (host.AllFinished || step == maxNew - 1) break;
 
                 var previous = logits;
-                logits = NextLogits(model, next.unsqueeze(1), fullMask?.narrow(1, 0, promptLength + step + 1), nextPosition, cache, readout, out stepReadout);
+                logits = fused is not null
+                    ? FusedLogits(fused, tokens, hostPositions, readout, out stepReadout)
+                    : NextLogits(model, next.unsqueeze(1), fullMask?.narrow(1, 0, promptLength + step + 1), nextPosition, cache, readout, out stepReadout);
                 previous.Dispose();
                 nextPosition.add_(one);
+                for (int b = 0; b < hostPositions.Length; b++) hostPositions[b]++;
                 // Scalars are not tracked by dispose scopes; a gen-0 collection frees them before glibc pins the memory
                 // (see the TorchSharp notes). The decode path makes none any more (shared Scalars), so a collection every
                 // 64 steps is enough for what callers' code may make (each one cost ~1 ms, 4% of a tiny decode).
@@ -137,6 +150,7 @@ public static partial class TextGenerator
         }
         finally
         {
+            if (fused is not null) torch.set_num_threads(torchThreads);
             logits.Dispose();
             stepReadout?.Dispose();
         }
@@ -173,6 +187,15 @@ public static partial class TextGenerator
         var last = hidden.narrow(1, hidden.shape[1] - 1, 1);                        // (B, 1, C)
         var logits = model.Logits(last).squeeze(1).to(ScalarType.Float32);        // (B, V)
         readoutValues = readout?.Invoke(last.squeeze(1)).to(ScalarType.Float32).DetachFromDisposeScope();
+        return logits.DetachFromDisposeScope();
+    }
+
+    /// <summary><see cref="NextLogits"/> for one new token per row through <paramref name="decoder"/>.</summary>
+    private static Tensor FusedLogits(CpuDecoder decoder, long[] tokens, long[] positions, Func<Tensor, Tensor>? readout, out Tensor? readoutValues)
+    {
+        using var scope = NewDisposeScope();
+        var logits = decoder.Step(tokens, positions, readout is not null, out var hidden);
+        readoutValues = hidden is null ? null : readout!(hidden).to(ScalarType.Float32).DetachFromDisposeScope();
         return logits.DetachFromDisposeScope();
     }
 

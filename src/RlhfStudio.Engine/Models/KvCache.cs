@@ -45,6 +45,9 @@ public sealed class KvCache : IDisposable
         return (_keys[layer].narrow(2, 0, Length + t), _values[layer].narrow(2, 0, Length + t));
     }
 
+    /// <summary>The whole key and value tensors [B, kvH, MaxLength, hs] of <paramref name="layer"/>.</summary>
+    internal (Tensor Keys, Tensor Values) Layer(int layer) => (_keys[layer], _values[layer]);
+
     /// <summary>Called once per forward, after all layers wrote their <paramref name="count"/> new positions.</summary>
     internal void Advance(long count) => Length += count;
 

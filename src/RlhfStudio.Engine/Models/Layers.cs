@@ -196,6 +196,13 @@ internal sealed class RotaryCache : IDisposable
         return dtype == ScalarType.Float32 ? new RotaryTables(cos, sin) : new RotaryTables(cos.to(dtype), sin.to(dtype));
     }
 
+    /// <summary>The whole tables (N, hs) fp32, grown first to at least <paramref name="length"/> positions.</summary>
+    public (Tensor Cos, Tensor SinSigned) Tables(long length)
+    {
+        if (length > _length) Grow(Math.Max(2 * _length, length));
+        return (_cos!, _sinSigned!);
+    }
+
     private void Grow(long length)
     {
         Dispose();

@@ -68,6 +68,9 @@ public sealed class LlamaAttention : nn.Module, IInferenceWeights
         return o_proj.forward(y).MoveToOuterDisposeScope();
     }
 
+    /// <summary>The fused q/k/v weight [(nh + 2 kvh) hs, C] and bias of an open inference-weights scope, else null.</summary>
+    internal (Tensor Weight, Tensor? Bias)? InferenceQkv => _inferenceQkv is { } w ? (w, _inferenceQkvBias) : null;
+
     void IInferenceWeights.CacheInferenceWeights() =>
         (_inferenceQkv, _inferenceQkvBias) = FusedWeights.Copy(q_proj, k_proj, v_proj);
 
@@ -183,6 +186,9 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IInferenceWeights
         return down_proj.forward(_act(gate) * up).MoveToOuterDisposeScope();
     }
 
+    /// <summary>The fused gate/up weight [2 I, C] and bias of an open inference-weights scope, else null.</summary>
+    internal (Tensor Weight, Tensor? Bias)? InferenceGateUp => _inferenceGateUp is { } w ? (w, _inferenceGateUpBias) : null;
+
     void IInferenceWeights.CacheInferenceWeights() =>
         (_inferenceGateUp, _inferenceGateUpBias) = FusedWeights.Copy(gate_proj, up_proj);
 
@@ -257,6 +263,9 @@ public sealed class LlamaModel : Trunk
     }
 
     public override string Prefix => "model";
+
+    /// <summary>cos and signed sin (N, hs) fp32 for positions 0..N-1, N at least <paramref name="length"/>.</summary>
+    internal (Tensor Cos, Tensor SinSigned) RotaryTablesFor(long length) => _rotary!.Tables(length);
     protected override Parameter ReadTokenEmbedding() => embed_tokens.weight!;
 
     internal override bool IsIgnoredCheckpointKey(string key) => key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal);

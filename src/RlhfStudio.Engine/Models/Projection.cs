@@ -81,6 +81,16 @@ public class Projection : nn.Module<Tensor, Tensor>, IInferenceWeights
     /// <summary>The dtype the matmul runs in.</summary>
     internal ScalarType MatmulDType => ComputeDType ?? _weight.dtype;
 
+    /// <summary>The weight [out, in] and bias a no-grad forward multiplies by, in the matmul dtype, when that is a plain
+    /// product (no active adapter, nn.Linear layout): the inference copies of an open scope, or the parameters
+    /// themselves when no cast is needed. Null otherwise.</summary>
+    internal (Tensor Weight, Tensor? Bias)? InferenceWeights()
+    {
+        if (!IsPlain || FanInFanOut) return null;
+        if (_inferenceWeight is not null) return (_inferenceWeight, _inferenceBias);
+        return MatmulDType == _weight.dtype ? (_weight, _bias) : null;
+    }
+
     void IInferenceWeights.CacheInferenceWeights()
     {
         // No cast needed (weights already in the matmul dtype) or GPT-2's transposed Conv1D storage: nothing to cache.

@@ -39,7 +39,7 @@ public abstract class TransformerModel : nn.Module
     public Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
         Trunk.Forward(inputIds, attentionMask, positionIds, cache);
 
-    public KvCache NewCache(long batch, long maxLength) => Trunk.NewCache(batch, maxLength);
+    public KvCache NewCache(long batch, long maxLength, ScalarType? dtype = null) => Trunk.NewCache(batch, maxLength, dtype: dtype);
 
     /// <summary>Compute dtype, our stand-in for torch.autocast (TorchSharp has none): weights stay in <see cref="DType"/>
     /// (fp32 masters for training) and every projection casts its input and weight to this dtype for the matmul, so
@@ -62,7 +62,7 @@ public abstract class TransformerModel : nn.Module
     private Tensor? _inferenceEmbedding;
 
     /// <summary>The tied LM head's weight in the compute dtype inside an inference-weights scope, else null.</summary>
-    private protected Tensor? InferenceEmbedding => _inferenceEmbedding;
+    internal Tensor? InferenceEmbedding => _inferenceEmbedding;
 
     /// <summary>Opens a scope in which no-grad forwards use copies of the weights made once in the compute dtype (and
     /// concatenated where a layer fuses projections) instead of casting every weight on every call: with fp32
@@ -198,6 +198,13 @@ public sealed class CausalLanguageModel : TransformerModel
     public Projection? lm_head { get; }
 
     public override ModelHead Head => ModelHead.CausalLM;
+
+    /// <summary>The LM head's weight [vocab, hidden] in the matmul dtype for a no-grad forward (see
+    /// <see cref="Projection.InferenceWeights"/>); null when the head has an active adapter or needs a cast no open
+    /// inference-weights scope has made.</summary>
+    internal Tensor? InferenceHeadWeight() =>
+        lm_head is not null ? lm_head.InferenceWeights()?.Weight
+        : InferenceEmbedding ?? (ComputeDType is null || ComputeDType == DType ? Trunk.TokenEmbedding : null);
 
     /// <summary>(B, T, hidden) -> logits (B, T, vocab), in the compute dtype when one is set.</summary>
     public Tensor Logits(Tensor hidden) =>

@@ -72,9 +72,10 @@ public abstract class Trunk : nn.Module
     /// <summary>A cache sized for this model, in the dtype attention runs in; fp32 under a 16-bit compute dtype (it
     /// holds the same, exactly representable values): one-token decode attention then runs in fp32, several times
     /// faster on CPU than bf16 attention for a single query, at twice the cache memory.</summary>
-    public KvCache NewCache(long batch, long maxLength, Device? device = null) =>
+    /// <param name="dtype">Overrides that choice (the fused CPU decoder reads a bf16 cache: half the bytes).</param>
+    public KvCache NewCache(long batch, long maxLength, Device? device = null, ScalarType? dtype = null) =>
         new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, maxLength, Config.HeadDim,
-            ActivationDType is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : ActivationDType, device ?? TokenEmbedding.device);
+            dtype ?? (ActivationDType is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : ActivationDType), device ?? TokenEmbedding.device);
 
     /// <summary>Embedding output cast to the compute dtype (embeddings stay in the weights' dtype, as under autocast).</summary>
     protected Tensor ToComputeDType(Tensor embedded) =>

@@ -61,6 +61,8 @@ internal static class GenerationReference
     /// <summary>Three prompts of lengths 5, 2 and 7 for the 61-token test vocabulary.</summary>
     public static long[][] Prompts() => [[5, 9, 13, 21, 8], [17, 4], [33, 6, 12, 40, 41, 3, 19]];
 
+    /// <summary>A random Llama with 16-wide heads: on an AVX-512 CPU its decode steps run through the fused CPU decoder
+    /// (GenerationSettings.FusedCpuDecode), so the generator tests check that path against the uncached reference.</summary>
     public static CausalLanguageModel Model(ScalarType dtype = ScalarType.Float32, int kvHeads = 2) =>
-        TestModels.RandomCausal(TestModels.Llama(kvHeads: kvHeads), seed: 11, dtype: dtype);
+        TestModels.RandomCausal(TestModels.Llama(kvHeads: kvHeads, hidden: 64), seed: 11, dtype: dtype);
 }

@@ -10,12 +10,12 @@ internal static class TestModels
 {
     public const int Vocab = 61;
 
-    public static JsonObject LlamaJson(string modelType = "llama", bool tied = false, int kvHeads = 2, int layers = 2) => new()
+    public static JsonObject LlamaJson(string modelType = "llama", bool tied = false, int kvHeads = 2, int layers = 2, int hidden = 32) => new()
     {
         ["model_type"] = modelType,
         ["architectures"] = new JsonArray(modelType switch { "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
         ["vocab_size"] = Vocab,
-        ["hidden_size"] = 32,
+        ["hidden_size"] = hidden,
         ["intermediate_size"] = 48,
         ["num_hidden_layers"] = layers,
         ["num_attention_heads"] = 4,
@@ -48,8 +48,9 @@ internal static class TestModels
         ["eos_token_id"] = 50,
     };
 
-    public static ModelConfig Llama(string modelType = "llama", bool tied = false, int kvHeads = 2, int layers = 2) =>
-        ModelConfig.Parse(LlamaJson(modelType, tied, kvHeads, layers), "test-config.json");
+    /// <param name="hidden">32 gives 8-wide heads; 64 gives 16-wide heads, the smallest the fused CPU decoder takes.</param>
+    public static ModelConfig Llama(string modelType = "llama", bool tied = false, int kvHeads = 2, int layers = 2, int hidden = 32) =>
+        ModelConfig.Parse(LlamaJson(modelType, tied, kvHeads, layers, hidden), "test-config.json");
 
     public static ModelConfig Gpt2(int layers = 2) => ModelConfig.Parse(Gpt2Json(layers), "test-config.json");
 
