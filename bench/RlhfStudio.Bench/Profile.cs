@@ -118,8 +118,8 @@ public static class Profile
         Add("  LM head + cross-entropy fwd", config, dtype, head.Forward);
         Add("  LM head + cross-entropy fwd+bwd", config, dtype, head.Both);
         using var targets2d = targets.view(b, t);
-        var fused = FwdBwd(h => model.TokenLossSum(h, targets2d, new TokenLossStats(), chunked: true).div(b * t), hidden);
-        Add("  the same, chunked (LinearCrossEntropy), fwd+bwd", config, dtype, fused.Both);
+        var fused = FwdBwd(h => model.TokenLossSum(h, targets2d, new TokenLossStats()).div(b * t), hidden);
+        Add("  the same through TokenLossSum (LinearCrossEntropy), fwd+bwd", config, dtype, fused.Both);
         using var ids = torch.randint(0, c.VocabSize, [b, t], dtype: ScalarType.Int64);
         Add("  trunk forward (no grad)", config, dtype, Time(() => { using var s = NewDisposeScope(); using var ng = no_grad(); model.Hidden(ids); }, calls: 2));
         Add("  model forward+backward (no optimiser)", config, dtype, Time(() =>

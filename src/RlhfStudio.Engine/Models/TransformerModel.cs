@@ -227,7 +227,7 @@ public sealed class CausalLanguageModel : TransformerModel
         var flatHidden = hidden.reshape(-1, c);
         var flatTargets = targets.reshape(-1);
         bool large = flatHidden.shape[0] * Config.VocabSize * sizeof(float) > ChunkedLossAboveBytes;
-        if ((chunked ?? large) && (lm_head is null || (lm_head.IsPlain && !lm_head.FanInFanOut)))
+        if ((chunked ?? (large || LinearCrossEntropy.UsesKernel(flatHidden))) && (lm_head is null || (lm_head.IsPlain && !lm_head.FanInFanOut)))
         {
             Tensor weight = lm_head?.weight ?? Trunk.TokenEmbedding;
             var dtype = lm_head?.MatmulDType ?? ComputeDType ?? weight.dtype;

@@ -1,6 +1,7 @@
 using RlhfStudio.Engine.Adapters;
 using RlhfStudio.Engine.Generation;
 using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Runtime;
 using RlhfStudio.Engine.Tests.Models;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,4 +1,4 @@
-// SIMD kernels of a one-token decode step (see CpuDecoder): every op of a Llama layer on a handful of rows, with
+// SIMD kernels for what libtorch does slowly on a CPU at our sizes. Decode (CpuDecoder): every op of a Llama layer on a handful of rows, with
 // fp32 activations and fp32 or bf16 weights read in place from the tensors libtorch holds. At decode sizes (8 rows)
 // libtorch spends more time dispatching ~180 small ops per step than computing; these kernels have no per-call cost
 // beyond a function call, and the matmul below runs at 100-155 GFLOP/s per core on bf16 weights (measured on this
@@ -7,7 +7,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
-namespace RlhfStudio.Engine.Generation;
+namespace RlhfStudio.Engine.Runtime;
 
 /// <summary>A weight matrix [Rows, Cols] (nn.Linear layout, row-major) in place in a tensor's memory, fp32 or bf16.</summary>
 internal readonly unsafe struct WeightMatrix(void* data, int rows, int cols, bool bf16, float* bias)
@@ -19,7 +19,7 @@ internal readonly unsafe struct WeightMatrix(void* data, int rows, int cols, boo
     public readonly float* Bias = bias;
 }
 
-internal static unsafe class CpuKernels
+internal static unsafe partial class CpuKernels
 {
     /// <summary>The kernels need 512-bit vectors with AVX-512F (x86-64-v4); elsewhere decoding stays on libtorch.</summary>
     public static bool IsSupported => Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
