@@ -8,6 +8,7 @@
 // Numerics: activations stay fp32 throughout (the libtorch path under a bf16 compute dtype rounds them to bf16 before
 // every matmul), weights are used in their matmul dtype (bf16 copies under bf16 compute), so logits agree with the
 // libtorch path to fp32 rounding for fp32 models and are closer to the fp32 model than the bf16 path under bf16.
+using RlhfStudio.Engine.Adapters;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Runtime;
 using System.Runtime.CompilerServices;
@@ -19,15 +20,31 @@ namespace RlhfStudio.Engine.Generation;
 
 internal sealed unsafe class CpuDecoder : IDisposable
 {
-    private sealed class LayerWeights(WeightMatrix qkv, WeightMatrix o, WeightMatrix gateUp, WeightMatrix down, IntPtr inputNorm, IntPtr postNorm)
+    /// <summary>A block of weight rows writing output columns [Offset, Offset + W.Rows).</summary>
+    private readonly record struct Block(WeightMatrix W, int Offset);
+
+    /// <summary>A LoRA adapter adding B (A x) to output columns [Offset, Offset + B.Rows): A [r16, in] and B [out, r16] in
+    /// fp32, the rank padded with zeros to a multiple of 16 and the scaling folded into B.</summary>
+    private readonly record struct LowRank(WeightMatrix A, WeightMatrix B, int Offset);
+
+    /// <summary>One or more projections of the same input (q/k/v, gate/up, or one): weight blocks plus adapters.</summary>
+    private sealed class Linear(Block[] blocks, LowRank[] adapters)
     {
-        public readonly WeightMatrix Qkv = qkv, O = o, GateUp = gateUp, Down = down;
+        public readonly Block[] Blocks = blocks;
+        public readonly LowRank[] Adapters = adapters;
+        public int Width => Blocks.Sum(b => b.W.Rows);
+    }
+
+    private sealed class LayerWeights(Linear qkv, Linear o, Linear gateUp, Linear down, IntPtr inputNorm, IntPtr postNorm)
+    {
+        public readonly Linear Qkv = qkv, O = o, GateUp = gateUp, Down = down;
         public readonly float* InputNorm = (float*)inputNorm, PostNorm = (float*)postNorm;
     }
 
     private readonly CausalLanguageModel _model;
     private readonly LayerWeights[] _layers;
-    private readonly WeightMatrix _head;
+    private readonly Linear _head;
+    private readonly int _maxRank;
     private readonly void* _embedding;
     private readonly bool _embeddingBf16;
     private readonly float* _finalNorm;
@@ -45,7 +62,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
     private int[] _first = [];
     private int _batch;
     private long _maxLength;
-    private float* _cos, _sinSigned, _x, _h, _qkv, _attn, _gateUp, _act, _scores;
+    private float* _cos, _sinSigned, _x, _h, _qkv, _attn, _gateUp, _act, _scores, _lowRank;
 
     // Arguments of the running parallel section.
     private WeightMatrix _jobWeights;
@@ -53,12 +70,13 @@ internal sealed unsafe class CpuDecoder : IDisposable
     private int _jobLdy, _jobLayer, _jobPosition;
     private bool _jobAccumulate;
 
-    private CpuDecoder(CausalLanguageModel model, LayerWeights[] layers, WeightMatrix head, List<IntPtr> allocations, int threads)
+    private CpuDecoder(CausalLanguageModel model, LayerWeights[] layers, Linear head, List<IntPtr> allocations, int threads)
     {
         var c = model.Config;
         _model = model;
         _layers = layers;
         _head = head;
+        _maxRank = layers.SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down }).Append(head).SelectMany(l => l.Adapters).Select(a => a.A.Rows).DefaultIfEmpty(0).Max();
         _allocations.AddRange(allocations);
         _hidden = c.HiddenSize;
         _heads = c.NumAttentionHeads;
@@ -95,29 +113,30 @@ internal sealed unsafe class CpuDecoder : IDisposable
             for (int i = 0; i < layers.Length; i++)
             {
                 var layer = trunk.layers[i];
-                var qkv = layer.self_attn.InferenceQkv;
-                var o = layer.self_attn.o_proj.InferenceWeights();
-                var gateUp = layer.mlp.InferenceGateUp;
-                var down = layer.mlp.down_proj.InferenceWeights();
-                if (qkv is null || o is null || gateUp is null || down is null)
-                {
-                    reason = "a projection has an active LoRA adapter, or no inference-weights scope is open";
-                    return null;
-                }
-                layers[i] = new LayerWeights(Matrix(qkv.Value, keep), Matrix(o.Value, keep), Matrix(gateUp.Value, keep), Matrix(down.Value, keep),
-                    CopyTo(layer.input_layernorm.weight, keep), CopyTo(layer.post_attention_layernorm.weight, keep));
+                var attention = layer.self_attn;
+                var mlp = layer.mlp;
+                // Fused copies exist when no projection has an active adapter; otherwise each projection on its own.
+                var qkv = attention.InferenceQkv is { } fusedQkv
+                    ? Group([(fusedQkv, null)], keep, ref reason)
+                    : Group([.. new[] { attention.q_proj, attention.k_proj, attention.v_proj }.Select(Parts)], keep, ref reason);
+                var gateUp = mlp.InferenceGateUp is { } fusedGateUp
+                    ? Group([(fusedGateUp, null)], keep, ref reason)
+                    : Group([Parts(mlp.gate_proj), Parts(mlp.up_proj)], keep, ref reason);
+                var o = Group([Parts(attention.o_proj)], keep, ref reason);
+                var down = Group([Parts(mlp.down_proj)], keep, ref reason);
+                if (qkv is null || gateUp is null || o is null || down is null) return null;
+                layers[i] = new LayerWeights(qkv, o, gateUp, down, CopyTo(layer.input_layernorm.weight, keep), CopyTo(layer.post_attention_layernorm.weight, keep));
             }
-            if (model.InferenceHeadWeight() is not { } headWeight)
+            Linear? head;
+            if (model.lm_head is { } lmHead) head = Group([Parts(lmHead)], keep, ref reason);
+            else if ((model.InferenceEmbedding ?? (model.ComputeDType is null || model.ComputeDType == model.DType ? model.Trunk.TokenEmbedding : null)) is { } tied)
+                head = Group([((tied, null), null)], keep, ref reason);
+            else
             {
-                reason = "the LM head has an active LoRA adapter, or no inference-weights scope is open";
+                reason = "no inference-weights scope is open";
                 return null;
             }
-            var head = Matrix((headWeight, null), keep);
-            if (head.Data == null || layers.Any(l => l.Qkv.Data == null || l.O.Data == null || l.GateUp.Data == null || l.Down.Data == null))
-            {
-                reason = "a weight is neither fp32 nor bf16";
-                return null;
-            }
+            if (head is null) return null;
             var decoder = new CpuDecoder(model, layers, head, keep, Math.Max(1, torch.get_num_threads()));
             keep.Clear();
             return decoder;
@@ -126,6 +145,59 @@ internal sealed unsafe class CpuDecoder : IDisposable
         {
             foreach (var p in keep) NativeMemory.AlignedFree((void*)p);
         }
+    }
+
+    private static ((Tensor Weight, Tensor? Bias)? Base, Projection? Source) Parts(Projection p) => (p.InferenceBaseWeights(), p);
+
+    /// <summary>The projections (base weights, and the projection for its adapter) as consecutive output blocks, or null
+    /// with the reason when one is not covered.</summary>
+    private static Linear? Group(((Tensor Weight, Tensor? Bias)? Base, Projection? Source)[] parts, List<IntPtr> keep, ref string? reason)
+    {
+        var blocks = new List<Block>();
+        var adapters = new List<LowRank>();
+        int offset = 0;
+        foreach (var (weights, source) in parts)
+        {
+            if (weights is null)
+            {
+                reason = "a projection needs a cast and no inference-weights scope is open";
+                return null;
+            }
+            var matrix = Matrix(weights.Value, keep);
+            if (matrix.Data == null)
+            {
+                reason = $"a weight is {weights.Value.Weight.dtype}, not fp32 or bf16";
+                return null;
+            }
+            blocks.Add(new Block(matrix, offset));
+            if (source?.ActiveAdapter is { } adapter)
+            {
+                if (adapter.Dropout > 0 && source.training)
+                {
+                    reason = "LoRA dropout is active (the model is in training mode)";
+                    return null;
+                }
+                adapters.Add(LowRankOf(adapter, offset, keep));
+            }
+            offset += matrix.Rows;
+        }
+        return new Linear([.. blocks], [.. adapters]);
+    }
+
+    private static LowRank LowRankOf(LoraAdapter adapter, int offset, List<IntPtr> keep)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var a = adapter.A.weight.detach().to(ScalarType.Float32).cpu();                                  // (r, in)
+        var b = adapter.B.weight.detach().to(ScalarType.Float32).cpu() * adapter.Scaling;                 // (out, r)
+        long r = a.shape[0], padded = (r + CpuKernels.Lanes - 1) / CpuKernels.Lanes * CpuKernels.Lanes;
+        if (padded > r)
+        {
+            a = torch.cat([a, torch.zeros([padded - r, a.shape[1]])], 0);
+            b = torch.cat([b, torch.zeros([b.shape[0], padded - r])], 1);
+        }
+        return new LowRank(new WeightMatrix((void*)CopyTo(a, keep), (int)padded, (int)a.shape[1], false, null),
+            new WeightMatrix((void*)CopyTo(b, keep), (int)b.shape[0], (int)padded, false, null), offset);
     }
 
     /// <summary>Why <paramref name="model"/> cannot decode here, or null.</summary>
@@ -180,6 +252,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
         _gateUp = Allocate(_batch * 2 * _intermediate);
         _act = Allocate(_batch * _intermediate);
         _scores = Allocate(_team.Size * _maxLength);
+        _lowRank = Allocate(Math.Max(1, _batch * _maxRank));
     }
 
     /// <summary>One decode step: embeds <paramref name="tokens"/> (B) at <paramref name="positions"/> (B), runs every layer
@@ -202,7 +275,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
         {
             var layer = _layers[l];
             CpuKernels.RmsNorm(_x, _batch, _hidden, layer.InputNorm, _eps, _h);
-            Parallel(_matMulJob, layer.Qkv, _h, _qkv, _qkvWidth, accumulate: false);
+            Apply(layer.Qkv, _h, _qkv, _qkvWidth, accumulate: false);
             for (int b = 0; b < _batch; b++)
             {
                 float* row = _qkv + (long)b * _qkvWidth;
@@ -218,15 +291,25 @@ internal sealed unsafe class CpuDecoder : IDisposable
             _jobLayer = l;
             _jobPosition = slot;
             _team.Run(_attentionJob);
-            Parallel(_matMulJob, layer.O, _attn, _x, _hidden, accumulate: true);
+            Apply(layer.O, _attn, _x, _hidden, accumulate: true);
             CpuKernels.RmsNorm(_x, _batch, _hidden, layer.PostNorm, _eps, _h);
-            Parallel(_gateUpJob, layer.GateUp, _h, _act, _intermediate, accumulate: false);
-            Parallel(_matMulJob, layer.Down, _act, _x, _hidden, accumulate: true);
+            if (layer.GateUp.Blocks.Length == 1 && layer.GateUp.Adapters.Length == 0)
+                Parallel(_gateUpJob, layer.GateUp.Blocks[0].W, _h, _act, _intermediate, accumulate: false);   // silu(gate) * up in the same section
+            else
+            {
+                Apply(layer.GateUp, _h, _gateUp, 2 * _intermediate, accumulate: false);
+                for (int b = 0; b < _batch; b++)
+                {
+                    float* row = _gateUp + (long)b * 2 * _intermediate;
+                    CpuKernels.SiluTimes(row, row + _intermediate, _intermediate, _act + (long)b * _intermediate);
+                }
+            }
+            Apply(layer.Down, _act, _x, _hidden, accumulate: true);
         }
         cache.Advance(1);
         CpuKernels.RmsNorm(_x, _batch, _hidden, _finalNorm, _eps, _h);
         var logits = torch.empty([_batch, _vocab], dtype: ScalarType.Float32);
-        Parallel(_matMulJob, _head, _h, (float*)NativeTensors.Data(logits, ScalarType.Float32), _vocab, accumulate: false);
+        Apply(_head, _h, (float*)NativeTensors.Data(logits, ScalarType.Float32), _vocab, accumulate: false);
         hidden = null;
         if (wantHidden)
         {
@@ -235,6 +318,18 @@ internal sealed unsafe class CpuDecoder : IDisposable
             Buffer.MemoryCopy(_h, NativeTensors.Data(hidden, ScalarType.Float32), bytes, bytes);
         }
         return logits;
+    }
+
+    /// <summary>y (+)= every block of <paramref name="linear"/> applied to x, then each adapter's B (A x) added.</summary>
+    private void Apply(Linear linear, float* x, float* y, int ldy, bool accumulate)
+    {
+        foreach (var block in linear.Blocks) Parallel(_matMulJob, block.W, x, y + block.Offset, ldy, accumulate);
+        foreach (var adapter in linear.Adapters)
+        {
+            int rank = adapter.A.Rows;
+            CpuKernels.MatMul(adapter.A, x, _batch, 0, rank, _lowRank, rank, accumulate: false);
+            CpuKernels.MatMul(adapter.B, _lowRank, _batch, 0, adapter.B.Rows, y + adapter.Offset, ldy, accumulate: true);
+        }
     }
 
     private void Parallel(Action<int> job, WeightMatrix weights, float* input, float* output, int ldy, bool accumulate)

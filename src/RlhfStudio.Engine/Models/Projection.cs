@@ -81,15 +81,22 @@ public class Projection : nn.Module<Tensor, Tensor>, IInferenceWeights
     /// <summary>The dtype the matmul runs in.</summary>
     internal ScalarType MatmulDType => ComputeDType ?? _weight.dtype;
 
-    /// <summary>The weight [out, in] and bias a no-grad forward multiplies by, in the matmul dtype, when that is a plain
-    /// product (no active adapter, nn.Linear layout): the inference copies of an open scope, or the parameters
-    /// themselves when no cast is needed. Null otherwise.</summary>
-    internal (Tensor Weight, Tensor? Bias)? InferenceWeights()
+    /// <summary>The weight [out, in] and bias a no-grad forward multiplies by when that is the whole layer (no active
+    /// adapter): see <see cref="InferenceBaseWeights"/>.</summary>
+    internal (Tensor Weight, Tensor? Bias)? InferenceWeights() => IsPlain ? InferenceBaseWeights() : null;
+
+    /// <summary>The base weight [out, in] and bias in the matmul dtype for a no-grad forward, whatever the adapter: the
+    /// inference copies of an open scope, or the parameters when no cast is needed; null for Conv1D storage or when a
+    /// cast is needed and no scope is open.</summary>
+    internal (Tensor Weight, Tensor? Bias)? InferenceBaseWeights()
     {
-        if (!IsPlain || FanInFanOut) return null;
+        if (FanInFanOut) return null;
         if (_inferenceWeight is not null) return (_inferenceWeight, _inferenceBias);
         return MatmulDType == _weight.dtype ? (_weight, _bias) : null;
     }
+
+    /// <summary>The adapter that adds to this layer's output now (attached, enabled, not merged), else null.</summary>
+    internal LoraAdapter? ActiveAdapter => Adapter is { Enabled: true } adapter && !Merged ? adapter : null;
 
     void IInferenceWeights.CacheInferenceWeights()
     {

@@ -199,13 +199,6 @@ public sealed class CausalLanguageModel : TransformerModel
 
     public override ModelHead Head => ModelHead.CausalLM;
 
-    /// <summary>The LM head's weight [vocab, hidden] in the matmul dtype for a no-grad forward (see
-    /// <see cref="Projection.InferenceWeights"/>); null when the head has an active adapter or needs a cast no open
-    /// inference-weights scope has made.</summary>
-    internal Tensor? InferenceHeadWeight() =>
-        lm_head is not null ? lm_head.InferenceWeights()?.Weight
-        : InferenceEmbedding ?? (ComputeDType is null || ComputeDType == DType ? Trunk.TokenEmbedding : null);
-
     /// <summary>(B, T, hidden) -> logits (B, T, vocab), in the compute dtype when one is set.</summary>
     public Tensor Logits(Tensor hidden) =>
         lm_head is not null ? lm_head.forward(hidden)
