@@ -77,6 +77,8 @@ public static class Profile
         using (var trainer = new TrainingStep.Trainer(model, TrainingStep.Trainer.RandomBatches(config, 11, 2)))
             Add("whole step (fwd+bwd+AdamW)", config, dtype, Time(trainer.Step, calls: 2));
 
+        Add("  its matmuls alone (fwd+bwd GEMMs of every layer and the head, same shapes and dtype)", config, dtype, MatmulFloor(c, b * t, t, dtype));
+
         var layer = ((LlamaModel)model.Trunk).layers[0];
         var act = dtype;
         using var x = torch.randn([b, t, c.HiddenSize]).to(act);
@@ -135,6 +137,44 @@ public static class Profile
         Add("  AdamW step", config, dtype, Time(() => optimizer.Step(1e-4)));
     }
 
+    /// <summary>The floor libtorch's GEMMs set for a training step: every matmul of the forward and backward (per linear
+    /// layer Y = X W^T, then dX = dY W and dW = dY^T X; per attention S = Q K^T and O = P V with their two gradients each;
+    /// the LM head likewise) run back to back through torch.mm / bmm in the step's dtype and shapes, transposes as views
+    /// as autograd passes them. No elementwise op: what a step costs if everything else were free.</summary>
+    private static double MatmulFloor(ModelConfig c, long n, long t, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        long hidden = c.HiddenSize, heads = c.NumAttentionHeads, hs = c.HeadDim, kv = c.NumKeyValueHeads, inter = c.IntermediateSize;
+        var linears = new List<(long In, long Out)> { (hidden, (heads + 2 * kv) * hs), (heads * hs, hidden), (hidden, 2 * inter), (inter, hidden) };
+        var operands = linears.Select(l => (X: torch.randn([n, l.In]).to(dtype), W: torch.randn([l.Out, l.In]).to(dtype), dY: torch.randn([n, l.Out]).to(dtype))).ToList();
+        long bh = n / t * heads;
+        var q = torch.randn([bh, t, hs]).to(dtype);
+        var p = torch.randn([bh, t, t]).to(dtype);
+        var head = (X: torch.randn([n, hidden]).to(dtype), W: torch.randn([c.VocabSize, hidden]).to(dtype), dY: torch.randn([n, c.VocabSize]).to(dtype));
+        void Linear((Tensor X, Tensor W, Tensor dY) o)
+        {
+            using var y = torch.mm(o.X, o.W.t());
+            using var dx = torch.mm(o.dY, o.W);
+            using var dw = torch.mm(o.dY.t(), o.X);
+        }
+        return Time(() =>
+        {
+            for (int layer = 0; layer < c.NumHiddenLayers; layer++)
+            {
+                foreach (var o in operands) Linear(o);
+                using var kt = q.transpose(1, 2);
+                using var scores = torch.bmm(q, kt);             // S = Q K^T
+                using var output = torch.bmm(p, q);              // O = P V
+                using var dq = torch.bmm(p, q);                  // dQ = dS K
+                using var dk = torch.bmm(p.transpose(1, 2), q);  // dK = dS^T Q
+                using var dp = torch.bmm(q, kt);                 // dP = dO V^T
+                using var dv = torch.bmm(p.transpose(1, 2), q);  // dV = P^T dO
+            }
+            Linear(head);
+        }, calls: 2);
+    }
+
     private static void Decode(BenchConfig config, ScalarType dtype)
     {
         Console.Error.WriteLine($"decode {config.Name} {DTypes.Name(dtype)} ...");
@@ -181,6 +221,7 @@ public static class Profile
         Add("decode: sample (softmax + inverse CDF)", config, dtype, PerCall(() => { using var s = NewDisposeScope(); Sampling.Draw(logits.softmax(-1), gen); }), Generate.NewTokens);
         var settings = new GenerationSettings { MaxNewTokens = Generate.NewTokens, Temperature = 1.0, EosTokenIds = [], PadTokenId = 0, Seed = 1 };
         using var ids = torch.randint(0, c.VocabSize, [Batch, Generate.PromptLength], generator: gen, dtype: ScalarType.Int64);
-        Add("generate 8x(32+128), whole", config, dtype, Time(() => { using var r = TextGenerator.Generate(model, ids, null, settings); }, calls: 1));
+        Add("generate 8x(32+128), whole, libtorch ops", config, dtype, Time(() => { using var r = TextGenerator.Generate(model, ids, null, settings with { FusedCpuDecode = false }); }, calls: 1));
+        Add("generate 8x(32+128), whole, fused CPU decode (default)", config, dtype, Time(() => { using var r = TextGenerator.Generate(model, ids, null, settings); }, calls: 1));
     }
 }
