@@ -11,6 +11,9 @@ internal sealed class WorkerTeam : IDisposable
     /// <summary>Spin iterations (Thread.SpinWait(16) each, ~0.3 us) before an idle helper sleeps.</summary>
     private const int SpinLimit = 200;
 
+    /// <summary>Spin iterations (Thread.SpinWait(4) each) of the caller waiting for its helpers before it yields.</summary>
+    private const int YieldAfter = 2000;
+
     private readonly Thread[] _helpers;
     private readonly object _gate = new();
     private Action<int>? _work;
@@ -58,7 +61,13 @@ internal sealed class WorkerTeam : IDisposable
         {
             mine = e;
         }
-        while (Volatile.Read(ref _pending) > 0) Thread.SpinWait(4);
+        // Spin for the helpers, but yield once they take long: with more busy threads than cores (another run, the
+        // playground) a helper may be off its core, and spinning here would only keep it off longer.
+        for (int spins = 0; Volatile.Read(ref _pending) > 0; spins++)
+        {
+            if (spins < YieldAfter) Thread.SpinWait(4);
+            else Thread.Yield();
+        }
         _work = null;
         if ((mine ?? _error) is { } error) ExceptionDispatchInfo.Throw(error);
     }
