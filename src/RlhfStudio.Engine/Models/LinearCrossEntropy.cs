@@ -133,13 +133,22 @@ public static class LinearCrossEntropy
             // With all rows in one chunk the logits buffer becomes the gradient buffer; else chunks are copied into it.
             Tensor? logitsGrad = grads && !whole ? torch.empty([n, v], dtype: hidden.dtype, device: hidden.device) : null;
             using var noGrad = torch.no_grad();
+            var logProbs = new float[chunk];
+            var logSumExp = new float[chunk];
+            var minusOne = Enumerable.Repeat(-1f, (int)chunk).ToArray();   // d(sum of -log p)/d(log p)
             for (long start = 0; start < n; start += chunk)
             {
                 long rows = Math.Min(chunk, n - start);
                 var logits = torch.mm(hidden.narrow(0, start, rows), weight.t()).contiguous();   // (rows, V) matmul dtype
-                fixed (float* s = scratch)
-                    loss += CpuKernels.CrossEntropyRows((byte*)NativeTensors.Data(logits, logits.dtype), elementBytes == 2, (int)v, targetData + start,
-                        IgnoreIndex, 0, (int)rows, grads, s, ref correct, ref labelled);
+                var data = (byte*)NativeTensors.Data(logits, logits.dtype);
+                fixed (float* s = scratch, lp = logProbs, lse = logSumExp, g = minusOne)
+                {
+                    CpuKernels.TokenLogProbRows(data, elementBytes == 2, (int)v, targetData + start, IgnoreIndex, 1f, 0, (int)rows, lp, lse, null, s,
+                        ref correct, ref labelled);
+                    for (int r = 0; r < rows; r++) loss -= lp[r];
+                    // softmax - one-hot in place: the gradient of the summed loss.
+                    if (grads) CpuKernels.TokenLogProbBackwardRows(data, elementBytes == 2, (int)v, targetData + start, IgnoreIndex, 1f, lse, g, 0, (int)rows, data);
+                }
                 if (whole && grads) logitsGrad = logits;
                 else
                 {

@@ -240,6 +240,31 @@ public sealed class CausalLanguageModel : TransformerModel
         return loss.MoveToOuterDisposeScope();
     }
 
+    /// <summary>log_softmax(logits / <paramref name="divisor"/>) at <paramref name="tokens"/> (...; <see cref="LinearCrossEntropy.IgnoreIndex"/>
+    /// = 0) for hidden states (..., C), fp32 with their graph, and with <paramref name="withEntropy"/> the entropy (...) of
+    /// each distribution (no graph). A plain head goes through <see cref="LinearLogProbs"/> (the CPU kernels where they
+    /// apply), using the inference copy of its weight in a no-grad forward inside an inference-weights scope; a head
+    /// with an active adapter through its logits.</summary>
+    public (Tensor LogProbs, Tensor? Entropy) TokenLogProbs(Tensor hidden, Tensor tokens, double divisor, bool withEntropy = false)
+    {
+        using var scope = NewDisposeScope();
+        var flatHidden = hidden.reshape(-1, hidden.shape[^1]);
+        var flatTokens = tokens.reshape(-1);
+        (Tensor, Tensor?) result;
+        if (lm_head is null || (lm_head.IsPlain && !lm_head.FanInFanOut))
+        {
+            var dtype = lm_head?.MatmulDType ?? ComputeDType ?? DType;
+            Tensor? weight = torch.is_grad_enabled() ? null : lm_head is not null ? lm_head.InferenceWeights()?.Weight : InferenceEmbedding;
+            weight ??= lm_head?.weight ?? Trunk.TokenEmbedding;
+            var w = weight.dtype == dtype ? weight : weight.to(dtype);
+            var h = flatHidden.dtype == dtype ? flatHidden : flatHidden.to(dtype);
+            result = LinearLogProbs.Compute(h, w, flatTokens, divisor, withEntropy);
+        }
+        else result = LinearLogProbs.FromLogits(Logits(flatHidden), flatTokens, divisor, withEntropy);
+        var (logProbs, entropy) = result;
+        return (logProbs.view(tokens.shape).MoveToOuterDisposeScope(), entropy?.view(tokens.shape).MoveToOuterDisposeScope());
+    }
+
     /// <summary>Above this size of a micro-batch's fp32 logits the token loss is computed chunk by chunk.</summary>
     public const long ChunkedLossAboveBytes = 512L << 20;
 

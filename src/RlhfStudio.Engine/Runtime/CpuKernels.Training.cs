@@ -9,71 +9,116 @@ namespace RlhfStudio.Engine.Runtime;
 
 internal static unsafe partial class CpuKernels
 {
-    /// <summary>Token cross-entropy of rows [r0, r1) of logits (rows of <paramref name="vocab"/>, fp32 or bf16) at
-    /// <paramref name="targets"/> (<paramref name="ignoreIndex"/> = no loss), as F.cross_entropy on the fp32 values:
-    /// returns the summed loss, counts labelled rows whose first maximal logit is the target, and, with
-    /// <paramref name="writeGradient"/>, overwrites each row in place with d(summed loss)/d(logits) = softmax - one-hot
-    /// (zero for ignored rows), rounded to the row's dtype. <paramref name="scratch"/>: vocab floats.</summary>
+    /// <summary>Token log-probabilities of rows [r0, r1) of logits (rows of <paramref name="vocab"/>, fp32 or bf16) divided
+    /// by <paramref name="divisor"/>, as log_softmax(logits.float() / divisor) gathered at <paramref name="targets"/>:
+    /// writes each row's log-probability (0 where the target is <paramref name="ignoreIndex"/>), its logsumexp (for the
+    /// backward) and, when <paramref name="entropy"/> is given, the entropy of its distribution; counts labelled rows and
+    /// those whose first maximal logit is the target. <paramref name="scratch"/>: vocab floats.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static double CrossEntropyRows(byte* logits, bool bf16, int vocab, long* targets, long ignoreIndex, int r0, int r1, bool writeGradient,
-        float* scratch, ref long correct, ref long labelled)
+    public static void TokenLogProbRows(byte* logits, bool bf16, int vocab, long* targets, long ignoreIndex, float divisor, int r0, int r1,
+        float* logProbs, float* logSumExp, float* entropy, float* scratch, ref long correct, ref long labelled)
     {
-        double loss = 0;
         int elementBytes = bf16 ? 2 : 4;
         int full = vocab / Lanes * Lanes;
+        var divide = Vector512.Create(divisor);
         for (int r = r0; r < r1; r++)
         {
             byte* row = logits + (long)r * vocab * elementBytes;
             long target = targets[r];
             bool valid = target != ignoreIndex;
             if (valid && (target < 0 || target >= vocab)) throw new ArgumentException($"target {target} is outside the vocabulary (0..{vocab - 1})");
-            // fp32 copy of the row and its maximum.
+            // The scaled row in fp32 and its maximum; the raw maximum for the argmax test.
             var maxVector = Vector512.Create(float.NegativeInfinity);
             int i = 0;
             for (; i < full; i += Lanes)
             {
-                var x = bf16 ? Bf16.Load(row, i) : F32.Load(row, i);
+                var x = (bf16 ? Bf16.Load(row, i) : F32.Load(row, i)) / divide;
                 x.Store(scratch + i);
                 maxVector = Vector512.Max(maxVector, x);
             }
             float max = HorizontalMax(maxVector);
             for (; i < vocab; i++)
             {
-                scratch[i] = bf16 ? Bf16.At(row, i) : F32.At(row, i);
+                scratch[i] = (bf16 ? Bf16.At(row, i) : F32.At(row, i)) / divisor;
                 max = MathF.Max(max, scratch[i]);
             }
-            if (!valid && !writeGradient) continue;
-            float sum = Exp(scratch, vocab, max);   // scratch now holds exp(x - max)
-            if (valid)
+            float picked = valid ? scratch[target] : 0f;
+            float weighted = 0;
+            if (entropy != null)
             {
-                labelled++;
-                float picked = bf16 ? Bf16.At(row, (int)target) : F32.At(row, (int)target);
-                loss += max + Math.Log(sum) - picked;
-                // argmax = the first index holding the maximum, as torch's.
-                if (picked == max && FirstIndexOf(row, bf16, vocab, max) == target) correct++;
+                // sum_j e^(x_j - max) x_j, accumulated while the exponentials are made: H = lse - sum_j p_j x_j.
+                var sumVector = Vector512<float>.Zero;
+                var weightedVector = Vector512<float>.Zero;
+                var shift = Vector512.Create(max);
+                for (i = 0; i < full; i += Lanes)
+                {
+                    var x = Vector512.Load(scratch + i);
+                    var e = Vector512.Exp(x - shift);
+                    sumVector += e;
+                    weightedVector = Vector512.FusedMultiplyAdd(e, x, weightedVector);
+                }
+                float total = Vector512.Sum(sumVector);
+                weighted = Vector512.Sum(weightedVector);
+                for (; i < vocab; i++)
+                {
+                    float e = MathF.Exp(scratch[i] - max);
+                    total += e;
+                    weighted += e * scratch[i];
+                }
+                float lse = max + MathF.Log(total);
+                logSumExp[r] = lse;
+                entropy[r] = lse - weighted / total;
             }
-            if (!writeGradient) continue;
-            if (!valid)
+            else logSumExp[r] = max + MathF.Log(Exp(scratch, vocab, max));
+            logProbs[r] = valid ? picked - logSumExp[r] : 0f;
+            if (!valid) continue;
+            labelled++;
+            // argmax = the first index holding the maximum, as torch's (division by a positive divisor keeps the order).
+            if (picked == max && FirstIndexOfMax(row, bf16, vocab) == target) correct++;
+        }
+    }
+
+    /// <summary>Backward of <see cref="TokenLogProbRows"/>: d(sum_r g_r logProb_r) / d logits = g_r (one-hot - softmax) /
+    /// divisor for rows [r0, r1) (0 for ignored rows), from the logits and their saved logsumexp, written to
+    /// <paramref name="gradLogits"/> in the logits' dtype (rounded to nearest even); it may be the logits buffer itself.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void TokenLogProbBackwardRows(byte* logits, bool bf16, int vocab, long* targets, long ignoreIndex, float divisor, float* logSumExp,
+        float* gradOutput, int r0, int r1, byte* gradLogits)
+    {
+        int elementBytes = bf16 ? 2 : 4;
+        int full = vocab / Lanes * Lanes;
+        var divide = Vector512.Create(divisor);
+        for (int r = r0; r < r1; r++)
+        {
+            long offset = (long)r * vocab * elementBytes;
+            byte* row = logits + offset, output = gradLogits + offset;
+            long target = targets[r];
+            if (target == ignoreIndex || gradOutput[r] == 0)
             {
-                new Span<byte>(row, vocab * elementBytes).Clear();
+                new Span<byte>(output, vocab * elementBytes).Clear();
                 continue;
             }
-            var inv = Vector512.Create(1f / sum);
-            i = 0;
-            if (bf16)
+            float g = gradOutput[r];
+            // d/dx_j of g * (x_t / d - lse) = g / d * (1[j = t] - p_j), p_j = exp(x_j / d - lse).
+            var lse = Vector512.Create(logSumExp[r]);
+            var scale = Vector512.Create(-g / divisor);
+            float targetGradient = g / divisor * (1f - MathF.Exp((bf16 ? Bf16.At(row, (int)target) : F32.At(row, (int)target)) / divisor - logSumExp[r]));
+            int i = 0;
+            for (; i < full; i += Lanes)
             {
-                for (; i < full; i += Lanes) StoreBf16(Vector512.Load(scratch + i) * inv, (ushort*)row + i);
-                for (; i < vocab; i++) ((ushort*)row)[i] = ToBf16(scratch[i] / sum);
-                ((ushort*)row)[target] = ToBf16(scratch[target] / sum - 1f);
+                var gradient = Vector512.Exp((bf16 ? Bf16.Load(row, i) : F32.Load(row, i)) / divide - lse) * scale;
+                if (bf16) StoreBf16(gradient, (ushort*)output + i);
+                else gradient.Store((float*)output + i);
             }
-            else
+            for (; i < vocab; i++)
             {
-                for (; i < full; i += Lanes) (Vector512.Load(scratch + i) * inv).Store((float*)row + i);
-                for (; i < vocab; i++) ((float*)row)[i] = scratch[i] / sum;
-                ((float*)row)[target] = scratch[target] / sum - 1f;
+                float gradient = -g / divisor * MathF.Exp((bf16 ? Bf16.At(row, i) : F32.At(row, i)) / divisor - logSumExp[r]);
+                if (bf16) ((ushort*)output)[i] = ToBf16(gradient);
+                else ((float*)output)[i] = gradient;
             }
+            if (bf16) ((ushort*)output)[target] = ToBf16(targetGradient);
+            else ((float*)output)[target] = targetGradient;
         }
-        return loss;
     }
 
     private static float HorizontalMax(Vector512<float> v)
@@ -85,11 +130,16 @@ internal static unsafe partial class CpuKernels
         return m;
     }
 
-    private static int FirstIndexOf(byte* row, bool bf16, int n, float value)
+    private static int FirstIndexOfMax(byte* row, bool bf16, int n)
     {
+        int best = 0;
+        float max = float.NegativeInfinity;
         for (int i = 0; i < n; i++)
-            if ((bf16 ? Bf16.At(row, i) : F32.At(row, i)) == value) return i;
-        return -1;
+        {
+            float x = bf16 ? Bf16.At(row, i) : F32.At(row, i);
+            if (x > max) (max, best) = (x, i);
+        }
+        return best;
     }
 
     /// <summary>16 fp32 values to bf16, round to nearest even (NaN not preserved: callers guard against NaN losses).</summary>

@@ -59,16 +59,14 @@ public sealed record DpoBatch(Tensor InputIds, Tensor Targets, int Pairs, long T
     }
 
     /// <summary>Summed completion log-probabilities (2P) in fp32 under <paramref name="model"/>, with its graph (the
-    /// caller decides about no_grad). Cross-entropy without reduction is log_softmax + gather in one fused op, and 0 at
-    /// ignored positions.</summary>
+    /// caller decides about no_grad): log_softmax at each target, 0 at ignored positions (CausalLanguageModel.TokenLogProbs).</summary>
     public Tensor SequenceLogProbs(CausalLanguageModel model)
     {
         using var scope = NewDisposeScope();
-        long rows = InputIds.shape[0], length = InputIds.shape[1];
-        var logits = model.Forward(InputIds).narrow(1, 0, length - 1);                            // (2P, L-1, V)
-        var flat = logits.reshape(-1, logits.shape[2]).to(ScalarType.Float32);
-        var nll = F.cross_entropy(flat, Targets.reshape(-1), ignore_index: IgnoreIndex, reduction: nn.Reduction.None);
-        return nll.view(rows, length - 1).sum(1).neg().MoveToOuterDisposeScope();                 // (2P)
+        long length = InputIds.shape[1];
+        var hidden = model.Hidden(InputIds).narrow(1, 0, length - 1);                             // (2P, L-1, C)
+        var (logProbs, _) = model.TokenLogProbs(hidden, Targets, 1.0);
+        return logProbs.sum(1).MoveToOuterDisposeScope();                                         // (2P)
     }
 
     /// <summary>Splits per-row values (2P) into the chosen (P) and rejected (P) halves.</summary>

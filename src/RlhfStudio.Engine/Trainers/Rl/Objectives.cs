@@ -44,15 +44,15 @@ internal static class ObjectiveMetrics
         };
     }
 
-    /// <summary>Policy-side statistics of a micro-batch from its logits, new and old log-probabilities.</summary>
-    public static (double ClipFraction, double ApproxKl, double Entropy, double Ratio) Policy(Tensor logits, Tensor diff, Tensor ratio,
+    /// <summary>Policy-side statistics of a micro-batch from its per-token entropies, new and old log-probabilities.</summary>
+    public static (double ClipFraction, double ApproxKl, double Entropy, double Ratio) Policy(Tensor tokenEntropy, Tensor diff, Tensor ratio,
         Tensor pgLosses, Tensor pgLossesClipped, Tensor real)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var clip = MaskedStats.Mean(pgLossesClipped.gt(pgLosses).to(ScalarType.Float32), real).item<float>();
         var approxKl = 0.5 * MaskedStats.Mean(diff.detach().square(), real).item<float>();
-        var entropy = MaskedStats.Mean(SequenceForward.Entropy(logits.detach()), real).item<float>();
+        var entropy = MaskedStats.Mean(tokenEntropy.detach(), real).item<float>();
         var meanRatio = MaskedStats.Mean(ratio.detach(), real).item<float>();
         return (clip, approxKl, entropy, meanRatio);
     }
@@ -98,20 +98,13 @@ public sealed class PpoObjective(double vfCoef, double clipRange, double clipRan
         var advantages = _advantages.index_select(0, rows);
         var returns = _returns.index_select(0, rows);
 
-        Tensor logits, vpred;
-        if (models.ValueHead is { } head)
-        {
-            // One trunk pass for both: the head reads the policy's own hidden states.
-            var predicting = SequenceForward.PredictingHidden(models.Policy, batch);
-            logits = SequenceForward.LogitsOf(models.Policy, predicting, temperature);
-            vpred = head.Values(predicting).masked_fill(padding, 0.0);
-        }
-        else
-        {
-            logits = SequenceForward.ResponseLogits(models.Policy, batch, temperature);
-            vpred = SequenceForward.ResponseValues(models.Value!, batch, real);
-        }
-        var newLogProbs = SequenceForward.LogProbsOf(logits, batch.Responses).masked_fill(padding, Rl.Advantages.InvalidLogProb);
+        // With a value head, one trunk pass for both: the head reads the policy's own hidden states.
+        var predicting = SequenceForward.PredictingHidden(models.Policy, batch);
+        var vpred = models.ValueHead is { } head
+            ? head.Values(predicting).masked_fill(padding, 0.0)
+            : SequenceForward.ResponseValues(models.Value!, batch, real);
+        var (tokenLogProbs, tokenEntropy) = SequenceForward.TokenLogProbs(models.Policy, predicting, batch.Responses, temperature, withEntropy: true);
+        var newLogProbs = tokenLogProbs.masked_fill(padding, Rl.Advantages.InvalidLogProb);
         // Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- c) - R)^2).
         var vpredClipped = vpred.minimum(oldValues + clipRangeValue).maximum(oldValues - clipRangeValue);
         var vfLosses1 = (vpred - returns).square();
@@ -125,7 +118,7 @@ public sealed class PpoObjective(double vfCoef, double clipRange, double clipRan
         var pgLoss = MaskedStats.Mean(pgLosses.maximum(pgLosses2), real);
         var loss = pgLoss + vfLoss * vfCoef;
 
-        var (clip, approxKl, entropy, meanRatio) = ObjectiveMetrics.Policy(logits, diff, ratio, pgLosses, pgLosses2, real);
+        var (clip, approxKl, entropy, meanRatio) = ObjectiveMetrics.Policy(tokenEntropy!, diff, ratio, pgLosses, pgLosses2, real);
         double vfClip;
         using (no_grad()) vfClip = MaskedStats.Mean(vfLosses2.gt(vfLosses1).to(ScalarType.Float32), real).item<float>();
         var stats = new MicroBatchStats(pgLoss.item<float>(), vfLoss.item<float>(), clip, vfClip, approxKl, entropy, meanRatio);
@@ -178,14 +171,15 @@ public sealed class RlooObjective(int k, double clipRange, bool normalizeAdvanta
         var oldLogProbs = rollout.LogProbs.index_select(0, rows);
         var advantages = _advantages.index_select(0, rows).unsqueeze(1);                     // (b, 1): one per sequence
 
-        var logits = SequenceForward.ResponseLogits(models.Policy, batch, temperature);
-        var newLogProbs = SequenceForward.LogProbsOf(logits, batch.Responses).masked_fill(real.logical_not(), Rl.Advantages.InvalidLogProb);
+        var (tokenLogProbs, tokenEntropy) = SequenceForward.TokenLogProbs(models.Policy, SequenceForward.PredictingHidden(models.Policy, batch), batch.Responses,
+            temperature, withEntropy: true);
+        var newLogProbs = tokenLogProbs.masked_fill(real.logical_not(), Rl.Advantages.InvalidLogProb);
         var diff = newLogProbs - oldLogProbs;
         var ratio = diff.exp();
         var pgLosses = -advantages * ratio;
         var pgLosses2 = -advantages * ratio.clamp(1.0 - clipRange, 1.0 + clipRange);
         var pgLoss = MaskedStats.Mean(pgLosses.maximum(pgLosses2), real);
-        var (clip, approxKl, entropy, meanRatio) = ObjectiveMetrics.Policy(logits, diff, ratio, pgLosses, pgLosses2, real);
+        var (clip, approxKl, entropy, meanRatio) = ObjectiveMetrics.Policy(tokenEntropy!, diff, ratio, pgLosses, pgLosses2, real);
         var stats = new MicroBatchStats(pgLoss.item<float>(), 0, clip, 0, approxKl, entropy, meanRatio);
         return (pgLoss.MoveToOuterDisposeScope(), stats);
     }

@@ -173,7 +173,7 @@ public static class RolloutSampler
                     using var chunkScope = NewDisposeScope();
                     var predicting = SequenceForward.PredictingHidden(models.Policy, chunk);
                     var notReal = chunkReal.logical_not();
-                    logProbs.Add(SequenceForward.LogProbsOf(SequenceForward.LogitsOf(models.Policy, predicting, settings.Temperature), chunk.Responses)
+                    logProbs.Add(SequenceForward.TokenLogProbs(models.Policy, predicting, chunk.Responses, settings.Temperature, withEntropy: false).LogProbs
                         .masked_fill(notReal, Advantages.InvalidLogProb).MoveToOuterDisposeScope());
                     values.Add(head.Values(predicting).masked_fill(notReal, 0.0).MoveToOuterDisposeScope());
                 }

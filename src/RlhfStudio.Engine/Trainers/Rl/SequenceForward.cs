@@ -64,9 +64,16 @@ public static class SequenceForward
     public static Tensor ResponseLogProbs(CausalLanguageModel model, SequenceBatch batch, Tensor real, double temperature)
     {
         using var scope = NewDisposeScope();
-        var logits = ResponseLogits(model, batch, temperature);
-        return LogProbsOf(logits, batch.Responses).masked_fill(real.logical_not(), Advantages.InvalidLogProb).MoveToOuterDisposeScope();
+        var (logProbs, _) = TokenLogProbs(model, PredictingHidden(model, batch), batch.Responses, temperature, withEntropy: false);
+        return logProbs.masked_fill(real.logical_not(), Advantages.InvalidLogProb).MoveToOuterDisposeScope();
     }
+
+    /// <summary>Log-probabilities (B, N) of <paramref name="tokens"/> under the distributions the hidden states
+    /// <paramref name="predicting"/> (B, N, C) give at <paramref name="temperature"/> (logits / (T + 1e-7), as TRL), and
+    /// with <paramref name="withEntropy"/> their entropies (B, N, no graph): <see cref="LogProbsOf"/> and
+    /// <see cref="Entropy"/> of <see cref="LogitsOf"/> without materialising the fp32 logits (see CausalLanguageModel.TokenLogProbs).</summary>
+    public static (Tensor LogProbs, Tensor? Entropy) TokenLogProbs(CausalLanguageModel model, Tensor predicting, Tensor tokens, double temperature, bool withEntropy) =>
+        model.TokenLogProbs(predicting, tokens, temperature + 1e-7, withEntropy);
 
     /// <summary>Per-token values (B, N) fp32 of the states before each response token (TRL: value[:, P - 1 : -1]), 0 where
     /// <paramref name="real"/> is false.</summary>

@@ -1,0 +1,117 @@
+// Per-token log-probabilities of a language model's head, log_softmax(h W^T / d)[target] (TRL's selective_log_softmax
+// after its division by temperature + 1e-7), with their gradient and, for metrics, the entropy of each distribution.
+// On a CPU with the kernels: one logits matmul in the matmul dtype, then one row pass (CpuKernels.TokenLogProbRows)
+// instead of cast to fp32, divide, log_softmax, gather, softmax and logsumexp for the entropy, and one row pass back
+// instead of the backwards of the first four, each a pass over (N, V) fp32 tensors.
+using System.Runtime.CompilerServices;
+using RlhfStudio.Engine.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace RlhfStudio.Engine.Models;
+
+public static class LinearLogProbs
+{
+    /// <summary>Log-probabilities (N) fp32, with their graph, of <paramref name="targets"/> (N; <see cref="LinearCrossEntropy.IgnoreIndex"/>
+    /// = 0 and no gradient) under logits <paramref name="hidden"/> W^T / <paramref name="divisor"/>, and with
+    /// <paramref name="withEntropy"/> the entropies (N) fp32 of those distributions (no graph).</summary>
+    /// <param name="hidden">(N, C) in the matmul dtype.</param>
+    /// <param name="weight">(V, C) in the matmul dtype.</param>
+    /// <param name="useKernel">Null = when <see cref="LinearCrossEntropy.UsesKernel"/>; false = libtorch ops (the reference path).</param>
+    public static (Tensor LogProbs, Tensor? Entropy) Compute(Tensor hidden, Tensor weight, Tensor targets, double divisor, bool withEntropy, bool? useKernel = null)
+    {
+        if (hidden.ndim != 2 || weight.ndim != 2 || hidden.shape[1] != weight.shape[1])
+            throw new ArgumentException($"hidden (N, C) and weight (V, C) must agree, got [{string.Join(", ", hidden.shape)}] and [{string.Join(", ", weight.shape)}]");
+        if (targets.ndim != 1 || targets.shape[0] != hidden.shape[0] || targets.dtype != ScalarType.Int64)
+            throw new ArgumentException($"targets must be (N) = ({hidden.shape[0]}) int64, got [{string.Join(", ", targets.shape)}] {targets.dtype}");
+        if (hidden.dtype != weight.dtype) throw new ArgumentException($"hidden is {hidden.dtype}, weight {weight.dtype}: cast both to the matmul dtype");
+        if (!(divisor > 0)) throw new ArgumentOutOfRangeException(nameof(divisor), "must be positive");
+        if (useKernel ?? LinearCrossEntropy.UsesKernel(hidden))
+        {
+            var entropy = new StrongBox<Tensor?>();
+            var logProbs = Function.apply(hidden, weight, targets, divisor, withEntropy ? entropy : null!);
+            return (logProbs, entropy.Value);
+        }
+        using var scope = NewDisposeScope();
+        var (lp, h) = FromLogits(torch.mm(hidden, weight.t()), targets, divisor, withEntropy);
+        return (lp.MoveToOuterDisposeScope(), h?.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The libtorch ops: <see cref="Compute"/> from logits (N, V) in any dtype.</summary>
+    public static (Tensor LogProbs, Tensor? Entropy) FromLogits(Tensor logits, Tensor targets, double divisor, bool withEntropy)
+    {
+        using var scope = NewDisposeScope();
+        using var ignore = LinearCrossEntropy.IgnoreIndex.ToScalar();
+        var valid = targets.ne(ignore);
+        var scaled = logits.to(ScalarType.Float32).div(divisor);
+        var all = F.log_softmax(scaled, -1);
+        var picked = all.gather(1, targets.masked_fill(valid.logical_not(), 0).unsqueeze(1)).squeeze(1).mul(valid.to(ScalarType.Float32));
+        Tensor? h = null;
+        if (withEntropy)
+            using (torch.no_grad())
+                h = (scaled.logsumexp(-1) - (scaled.softmax(-1) * scaled).sum(-1)).MoveToOuterDisposeScope();
+        return (picked.MoveToOuterDisposeScope(), h);
+    }
+
+    private sealed class Function : autograd.SingleTensorFunction<Function>
+    {
+        public override string Name => "LinearLogProbs";
+
+        public override unsafe Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var hidden = (Tensor)vars[0];
+            var weight = (Tensor)vars[1];
+            var targets = ((Tensor)vars[2]).to(ScalarType.Int64).cpu().contiguous();
+            float divisor = (float)(double)vars[3];
+            var entropyOut = vars[4] as StrongBox<Tensor?>;
+            long n = hidden.shape[0], v = weight.shape[0];
+            bool bf16 = hidden.dtype == ScalarType.BFloat16;
+            using var noGrad = torch.no_grad();
+            var logits = torch.mm(hidden, weight.t()).contiguous();                             // (N, V) matmul dtype
+            var logProbs = torch.empty([n], dtype: ScalarType.Float32);
+            var logSumExp = torch.empty([n], dtype: ScalarType.Float32);
+            var entropy = entropyOut is null ? null : torch.empty([n], dtype: ScalarType.Float32);
+            var scratch = new float[v];
+            long correct = 0, labelled = 0;
+            fixed (float* s = scratch)
+                CpuKernels.TokenLogProbRows((byte*)NativeTensors.Data(logits, logits.dtype), bf16, (int)v, (long*)NativeTensors.Data(targets, ScalarType.Int64),
+                    LinearCrossEntropy.IgnoreIndex, divisor, 0, (int)n, (float*)NativeTensors.Data(logProbs, ScalarType.Float32),
+                    (float*)NativeTensors.Data(logSumExp, ScalarType.Float32), entropy is null ? null : (float*)NativeTensors.Data(entropy, ScalarType.Float32),
+                    s, ref correct, ref labelled);
+            if (entropyOut is not null) entropyOut.Value = entropy;
+            bool gradHidden = hidden.requires_grad, gradWeight = weight.requires_grad;
+            if (gradHidden || gradWeight)
+                ctx.save_for_backward([logits, logSumExp, targets, hidden, weight]);
+            else
+            {
+                logits.Dispose();
+                logSumExp.Dispose();
+                targets.Dispose();
+            }
+            ctx.save_data("divisor", divisor);
+            ctx.save_data("hidden", gradHidden);
+            ctx.save_data("weight", gradWeight);
+            return logProbs;
+        }
+
+        public override unsafe List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var saved = ctx.get_saved_variables();
+            var (logits, logSumExp, targets, hidden, weight) = (saved[0], saved[1], saved[2], saved[3], saved[4]);
+            float divisor = (float)ctx.get_data("divisor");
+            bool gradHidden = (bool)ctx.get_data("hidden"), gradWeight = (bool)ctx.get_data("weight");
+            using var noGrad = torch.no_grad();
+            using var g = gradOutput.to(ScalarType.Float32).cpu().contiguous();
+            long n = logits.shape[0], v = logits.shape[1];
+            using var gradLogits = torch.empty([n, v], dtype: logits.dtype);
+            CpuKernels.TokenLogProbBackwardRows((byte*)NativeTensors.Data(logits, logits.dtype), logits.dtype == ScalarType.BFloat16, (int)v,
+                (long*)NativeTensors.Data(targets, ScalarType.Int64), LinearCrossEntropy.IgnoreIndex, divisor,
+                (float*)NativeTensors.Data(logSumExp, ScalarType.Float32), (float*)NativeTensors.Data(g, ScalarType.Float32), 0, (int)n,
+                (byte*)NativeTensors.Data(gradLogits, gradLogits.dtype));
+            var hiddenGrad = gradHidden ? torch.mm(gradLogits, weight) : null;
+            var weightGrad = gradWeight ? torch.mm(gradLogits.t(), hidden) : null;
+            return [hiddenGrad!, weightGrad!, null!, null!, null!];
+        }
+    }
+}
