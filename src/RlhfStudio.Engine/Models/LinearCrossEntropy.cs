@@ -127,27 +127,40 @@ public static class LinearCrossEntropy
             bool grads = gradHidden || gradWeight, whole = chunk == n;
             using var hostTargets = targets.to(ScalarType.Int64).cpu().contiguous();
             long* targetData = (long*)NativeTensors.Data(hostTargets, ScalarType.Int64);
-            var scratch = new float[v];
             double loss = 0;
             long correct = 0, labelled = 0;
             // With all rows in one chunk the logits buffer becomes the gradient buffer; else chunks are copied into it.
             Tensor? logitsGrad = grads && !whole ? torch.empty([n, v], dtype: hidden.dtype, device: hidden.device) : null;
             using var noGrad = torch.no_grad();
             var logProbs = new float[chunk];
-            var logSumExp = new float[chunk];
             var minusOne = Enumerable.Repeat(-1f, (int)chunk).ToArray();   // d(sum of -log p)/d(log p)
+            int threads = torch.get_num_threads();
             for (long start = 0; start < n; start += chunk)
             {
                 long rows = Math.Min(chunk, n - start);
                 var logits = torch.mm(hidden.narrow(0, start, rows), weight.t()).contiguous();   // (rows, V) matmul dtype
                 var data = (byte*)NativeTensors.Data(logits, logits.dtype);
-                fixed (float* s = scratch, lp = logProbs, lse = logSumExp, g = minusOne)
+                long* chunkTargets = targetData + start;
+                var counts = new long[2 * threads];
+                WorkerTeam.ForRanges((int)rows, threads, (r0, r1, part) =>
                 {
-                    CpuKernels.TokenLogProbRows(data, elementBytes == 2, (int)v, targetData + start, IgnoreIndex, 1f, 0, (int)rows, lp, lse, null, s,
-                        ref correct, ref labelled);
-                    for (int r = 0; r < rows; r++) loss -= lp[r];
-                    // softmax - one-hot in place: the gradient of the summed loss.
-                    if (grads) CpuKernels.TokenLogProbBackwardRows(data, elementBytes == 2, (int)v, targetData + start, IgnoreIndex, 1f, lse, g, 0, (int)rows, data);
+                    var scratch = new float[v];
+                    long partCorrect = 0, partLabelled = 0;
+                    fixed (float* s = scratch, lp = logProbs, g = minusOne)
+                    {
+                        CpuKernels.TokenLogProbRows(data, elementBytes == 2, (int)v, chunkTargets, IgnoreIndex, 1f, r0, r1, lp, null, grads, s,
+                            ref partCorrect, ref partLabelled);
+                        // softmax - one-hot in place: the gradient of the summed loss.
+                        if (grads) CpuKernels.TokenLogProbBackwardRows(data, elementBytes == 2, (int)v, chunkTargets, IgnoreIndex, 1f, g, r0, r1);
+                    }
+                    counts[2 * part] = partCorrect;
+                    counts[2 * part + 1] = partLabelled;
+                });
+                for (int r = 0; r < rows; r++) loss -= logProbs[r];
+                for (int part = 0; part < threads; part++)
+                {
+                    correct += counts[2 * part];
+                    labelled += counts[2 * part + 1];
                 }
                 if (whole && grads) logitsGrad = logits;
                 else

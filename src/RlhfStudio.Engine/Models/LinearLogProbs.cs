@@ -70,23 +70,26 @@ public static class LinearLogProbs
             using var noGrad = torch.no_grad();
             var logits = torch.mm(hidden, weight.t()).contiguous();                             // (N, V) matmul dtype
             var logProbs = torch.empty([n], dtype: ScalarType.Float32);
-            var logSumExp = torch.empty([n], dtype: ScalarType.Float32);
             var entropy = entropyOut is null ? null : torch.empty([n], dtype: ScalarType.Float32);
-            var scratch = new float[v];
-            long correct = 0, labelled = 0;
-            fixed (float* s = scratch)
-                CpuKernels.TokenLogProbRows((byte*)NativeTensors.Data(logits, logits.dtype), bf16, (int)v, (long*)NativeTensors.Data(targets, ScalarType.Int64),
-                    LinearCrossEntropy.IgnoreIndex, divisor, 0, (int)n, (float*)NativeTensors.Data(logProbs, ScalarType.Float32),
-                    (float*)NativeTensors.Data(logSumExp, ScalarType.Float32), entropy is null ? null : (float*)NativeTensors.Data(entropy, ScalarType.Float32),
-                    s, ref correct, ref labelled);
+            bool gradHidden = hidden.requires_grad, gradWeight = weight.requires_grad, grads = gradHidden || gradWeight;
+            var data = (byte*)NativeTensors.Data(logits, logits.dtype);
+            var targetData = (long*)NativeTensors.Data(targets, ScalarType.Int64);
+            var lp = (float*)NativeTensors.Data(logProbs, ScalarType.Float32);
+            var h = entropy is null ? null : (float*)NativeTensors.Data(entropy, ScalarType.Float32);
+            WorkerTeam.ForRanges((int)n, torch.get_num_threads(), (r0, r1, _) =>
+            {
+                var scratch = new float[v];
+                long correct = 0, labelled = 0;
+                fixed (float* s = scratch)
+                    CpuKernels.TokenLogProbRows(data, bf16, (int)v, targetData, LinearCrossEntropy.IgnoreIndex, divisor, r0, r1, lp, h, grads, s,
+                        ref correct, ref labelled);
+            });
             if (entropyOut is not null) entropyOut.Value = entropy;
-            bool gradHidden = hidden.requires_grad, gradWeight = weight.requires_grad;
-            if (gradHidden || gradWeight)
-                ctx.save_for_backward([logits, logSumExp, targets, hidden, weight]);
+            // The logits buffer now holds the probabilities the backward needs.
+            if (grads) ctx.save_for_backward([logits, targets, hidden, weight]);
             else
             {
                 logits.Dispose();
-                logSumExp.Dispose();
                 targets.Dispose();
             }
             ctx.save_data("divisor", divisor);
@@ -98,17 +101,20 @@ public static class LinearLogProbs
         public override unsafe List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var saved = ctx.get_saved_variables();
-            var (logits, logSumExp, targets, hidden, weight) = (saved[0], saved[1], saved[2], saved[3], saved[4]);
+            var (probabilities, targets, hidden, weight) = (saved[0], saved[1], saved[2], saved[3]);
             float divisor = (float)ctx.get_data("divisor");
             bool gradHidden = (bool)ctx.get_data("hidden"), gradWeight = (bool)ctx.get_data("weight");
             using var noGrad = torch.no_grad();
             using var g = gradOutput.to(ScalarType.Float32).cpu().contiguous();
-            long n = logits.shape[0], v = logits.shape[1];
-            using var gradLogits = torch.empty([n, v], dtype: logits.dtype);
-            CpuKernels.TokenLogProbBackwardRows((byte*)NativeTensors.Data(logits, logits.dtype), logits.dtype == ScalarType.BFloat16, (int)v,
-                (long*)NativeTensors.Data(targets, ScalarType.Int64), LinearCrossEntropy.IgnoreIndex, divisor,
-                (float*)NativeTensors.Data(logSumExp, ScalarType.Float32), (float*)NativeTensors.Data(g, ScalarType.Float32), 0, (int)n,
-                (byte*)NativeTensors.Data(gradLogits, gradLogits.dtype));
+            long n = probabilities.shape[0], v = probabilities.shape[1];
+            // In place over the kept probabilities: the graph is not run backward twice (no retain_graph here).
+            var gradLogits = probabilities;
+            var data = (byte*)NativeTensors.Data(gradLogits, gradLogits.dtype);
+            var targetData = (long*)NativeTensors.Data(targets, ScalarType.Int64);
+            var gradData = (float*)NativeTensors.Data(g, ScalarType.Float32);
+            bool bf16 = gradLogits.dtype == ScalarType.BFloat16;
+            WorkerTeam.ForRanges((int)n, torch.get_num_threads(), (r0, r1, _) =>
+                CpuKernels.TokenLogProbBackwardRows(data, bf16, (int)v, targetData, LinearCrossEntropy.IgnoreIndex, divisor, gradData, r0, r1));
             var hiddenGrad = gradHidden ? torch.mm(gradLogits, weight) : null;
             var weightGrad = gradWeight ? torch.mm(gradLogits.t(), hidden) : null;
             return [hiddenGrad!, weightGrad!, null!, null!, null!];
