@@ -39,20 +39,28 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     private readonly Parameter _weight;
     private readonly Scalar _eps;   // made once: a Scalar per call is native memory no dispose scope frees
+    private readonly double _epsValue;
 
     public RmsNorm(long size, double eps, ScalarType dtype, Device? device) : base("RmsNorm")
     {
         RegisterComponents();   // before any field is set: see Trunk.cs
         _weight = new Parameter(torch.ones(size, dtype: dtype, device: device));
         _eps = eps.ToScalar();
+        _epsValue = eps;
         register_parameter("weight", _weight);
     }
 
     public Parameter weight => _weight;
 
-    public override Tensor forward(Tensor x)
+    public override Tensor forward(Tensor x) => forward(x, useKernel: true);
+
+    /// <param name="useKernel">false = libtorch ops even where <see cref="RmsNormFunction"/> covers x (the reference path).</param>
+    internal Tensor forward(Tensor x, bool useKernel)
     {
         using var scope = NewDisposeScope();
+        // Recording gradients on a CPU: one kernel pass each way instead of the ops below and their backwards.
+        if (useKernel && torch.is_grad_enabled() && RmsNormFunction.Covers(x, _weight))
+            return RmsNormFunction.Apply(x, _weight, _epsValue).MoveToOuterDisposeScope();
         var h = x.to(ScalarType.Float32);
         if (torch.is_grad_enabled())
         {

@@ -153,3 +153,80 @@ internal static unsafe partial class CpuKernels
         Avx512F.ConvertToVector256UInt16(rounded).Store(target);
     }
 }
+
+internal static unsafe partial class CpuKernels
+{
+    /// <summary>transformers' RMSNorm over rows [r0, r1) of x (rows of n; fp32, or bf16 with <paramref name="bf16"/>): r =
+    /// 1 / sqrt(mean(x^2) + eps) in fp32 (kept per row for the backward), y = weight * round(x * r), rounded to x's dtype:
+    /// what x.float(), the variance, rsqrt, .to(x.dtype) and the weight product compute with an fp32 weight.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RmsNormRows(byte* x, bool bf16, int n, float* weight, float eps, int r0, int r1, float* inverseRms, byte* y)
+    {
+        int elementBytes = bf16 ? 2 : 4;
+        for (int r = r0; r < r1; r++)
+        {
+            byte* xr = x + (long)r * n * elementBytes, yr = y + (long)r * n * elementBytes;
+            var ss = Vector512<float>.Zero;
+            for (int i = 0; i < n; i += Lanes)
+            {
+                var v = bf16 ? Bf16.Load(xr, i) : F32.Load(xr, i);
+                ss = Vector512.FusedMultiplyAdd(v, v, ss);
+            }
+            float inv = 1f / MathF.Sqrt(Vector512.Sum(ss) / n + eps);
+            inverseRms[r] = inv;
+            var scale = Vector512.Create(inv);
+            for (int i = 0; i < n; i += Lanes)
+            {
+                if (bf16) StoreBf16(Vector512.Load(weight + i) * RoundBf16((Bf16.Load(xr, i) * scale)), (ushort*)yr + i);
+                else (Vector512.Load(weight + i) * (F32.Load(xr, i) * scale)).Store((float*)yr + i);
+            }
+        }
+    }
+
+    /// <summary>Backward of <see cref="RmsNormRows"/> for rows [r0, r1): with g = round(dy * weight) (to x's dtype, as the
+    /// product's backward gives it), dx = r g - x r^3 mean(g x), rounded to x's dtype; adds sum over the rows of
+    /// dy * round(x r) into <paramref name="weightGrad"/> (n floats).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RmsNormBackwardRows(byte* x, byte* dy, bool bf16, int n, float* weight, float* inverseRms, int r0, int r1, byte* dx, float* weightGrad)
+    {
+        int elementBytes = bf16 ? 2 : 4;
+        for (int r = r0; r < r1; r++)
+        {
+            long offset = (long)r * n * elementBytes;
+            byte* xr = x + offset, gr = dy + offset, outr = dx + offset;
+            float inv = inverseRms[r];
+            var scale = Vector512.Create(inv);
+            var dotVector = Vector512<float>.Zero;
+            for (int i = 0; i < n; i += Lanes)
+            {
+                var xv = bf16 ? Bf16.Load(xr, i) : F32.Load(xr, i);
+                var gy = bf16 ? Bf16.Load(gr, i) : F32.Load(gr, i);
+                var g = Vector512.Load(weight + i) * gy;
+                if (bf16) g = RoundBf16(g);
+                dotVector = Vector512.FusedMultiplyAdd(g, xv, dotVector);
+                var h = xv * scale;
+                if (bf16) h = RoundBf16(h);
+                Vector512.FusedMultiplyAdd(gy, h, Vector512.Load(weightGrad + i)).Store(weightGrad + i);
+            }
+            var coefficient = Vector512.Create(inv * inv * inv * Vector512.Sum(dotVector) / n);
+            for (int i = 0; i < n; i += Lanes)
+            {
+                var xv = bf16 ? Bf16.Load(xr, i) : F32.Load(xr, i);
+                var g = Vector512.Load(weight + i) * (bf16 ? Bf16.Load(gr, i) : F32.Load(gr, i));
+                if (bf16) g = RoundBf16(g);
+                var d = g * scale - xv * coefficient;
+                if (bf16) StoreBf16(d, (ushort*)outr + i);
+                else d.Store((float*)outr + i);
+            }
+        }
+    }
+
+    /// <summary>fp32 values rounded to the nearest bf16 (as fp32).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> RoundBf16(Vector512<float> values)
+    {
+        var bits = values.AsUInt32();
+        var rounded = (bits + Vector512.Create(0x7FFFu) + ((bits >> 16) & Vector512<uint>.One)) & Vector512.Create(0xFFFF0000u);
+        return rounded.AsSingle();
+    }
+}
