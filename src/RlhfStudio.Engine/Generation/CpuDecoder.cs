@@ -1,13 +1,14 @@
-// One-token decode steps of a Llama-family model (Llama, Mistral, Qwen2) on the CPU as managed SIMD kernels
-// (CpuKernels) instead of ~180 libtorch ops. Profile that motivated it (tiny preset, bf16, batch 8): a libtorch decode
+// One-token decode steps of a Llama-family model (Llama, Mistral, Qwen2; LoRA adapters applied unmerged) on the CPU as
+// managed SIMD kernels (CpuKernels) instead of ~180 libtorch ops. Profile that motivated it (tiny preset, bf16, batch 8): a libtorch decode
 // step took ~2.4 ms for ~11 MFLOP per token: dispatch of small ops and OpenMP barriers, not arithmetic (one and two
 // threads decoded at the same speed). The kernels read the same weights in place (the inference copies of the
 // model's inference-weights scope, or the parameters), write the same KvCache, and return fp32 logits; the prompt's
 // prefill, sampling and bookkeeping stay with TextGenerator and libtorch.
 //
 // Numerics: activations stay fp32 throughout (the libtorch path under a bf16 compute dtype rounds them to bf16 before
-// every matmul), weights are used in their matmul dtype (bf16 copies under bf16 compute), so logits agree with the
-// libtorch path to fp32 rounding for fp32 models and are closer to the fp32 model than the bf16 path under bf16.
+// every matmul), weights are used in their matmul dtype (bf16 copies under bf16 compute) and the KV cache holds bf16
+// under bf16 compute (what the libtorch path's keys and values are), so logits agree with the libtorch path to fp32
+// rounding for fp32 models and are closer to the fp32 model than the bf16 path under bf16 (tested).
 using RlhfStudio.Engine.Adapters;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Runtime;
@@ -32,7 +33,6 @@ internal sealed unsafe class CpuDecoder : IDisposable
     {
         public readonly Block[] Blocks = blocks;
         public readonly LowRank[] Adapters = adapters;
-        public int Width => Blocks.Sum(b => b.W.Rows);
     }
 
     private sealed class LayerWeights(Linear qkv, Linear o, Linear gateUp, Linear down, IntPtr inputNorm, IntPtr postNorm)
@@ -220,15 +220,17 @@ internal sealed unsafe class CpuDecoder : IDisposable
     public ScalarType CacheDType => _model.Trunk.ActivationDType == ScalarType.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>Attaches the cache the prompt's prefill wrote; <paramref name="firstPositions"/>: per row, the first cache
-    /// slot it attends to (its left padding). Later steps append to the cache.</summary>
-    public void Bind(KvCache cache, long[] firstPositions)
+    /// slot it attends to (its left padding). Later steps append to the cache. False (with the reason) when the cache
+    /// could outgrow a sliding window: libtorch then decodes, and refuses only if the sequence really gets that long.</summary>
+    public bool TryBind(KvCache cache, long[] firstPositions, out string? reason)
     {
         var c = _model.Config;
+        if (_cache is not null) throw new InvalidOperationException("the decoder is already bound to a cache");
         if (cache.Layers != _layers.Length || cache.Dtype is not (ScalarType.Float32 or ScalarType.BFloat16))
             throw new ArgumentException($"the cache does not fit the model ({cache.Layers} layers of {cache.Dtype})");
-        if (c.SlidingWindow is int window && cache.MaxLength > window)
-            throw new NotSupportedException($"sequence of {cache.MaxLength} tokens exceeds the model's sliding window ({window}); sliding-window attention is not implemented");
         if (firstPositions.Length != cache.Batch) throw new ArgumentException($"expected {cache.Batch} first positions");
+        reason = c.SlidingWindow is int window && cache.MaxLength > window ? $"the cache holds more than the sliding window ({window})" : null;
+        if (reason is not null) return false;
         _cache = cache;
         _batch = (int)cache.Batch;
         _maxLength = cache.MaxLength;
@@ -253,6 +255,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
         _act = Allocate(_batch * _intermediate);
         _scores = Allocate(_team.Size * _maxLength);
         _lowRank = Allocate(Math.Max(1, _batch * _maxRank));
+        return true;
     }
 
     /// <summary>One decode step: embeds <paramref name="tokens"/> (B) at <paramref name="positions"/> (B), runs every layer

@@ -92,12 +92,12 @@ public static partial class TextGenerator
         var logits = NextLogits(model, ids, fullMask?.narrow(1, 0, promptLength), promptPositions, cache, readout, out stepReadout);   // (B, V) fp32
         // Left padding (checked above) makes each row's attended cache slots one range, from its first real prompt token.
         long[] hostPositions = realLengths.cpu().data<long>().ToArray();
-        fused?.Bind(cache, hostPositions.Select(n => promptLength - n).ToArray());
+        var decoder = fused is not null && fused.TryBind(cache, hostPositions.Select(n => promptLength - n).ToArray(), out _) ? fused : null;
         // The decoder's own threads take the cores; libtorch's ops between steps (sampling) run on this thread alone.
         // With its OpenMP team they left a worker spinning after each op that starved the decoder's helper: a 25 us
         // parallel matmul took 400 us after a softmax.
         int torchThreads = torch.get_num_threads();
-        if (fused is not null) torch.set_num_threads(1);
+        if (decoder is not null) torch.set_num_threads(1);
         try
         {
             for (int step = 0; step < maxNew; step++)
@@ -136,8 +136,8 @@ public static partial class TextGenerator
                 if (host.AllFinished || step == maxNew - 1) break;
 
                 var previous = logits;
-                logits = fused is not null
-                    ? FusedLogits(fused, tokens, hostPositions, readout, out stepReadout)
+                logits = decoder is not null
+                    ? FusedLogits(decoder, tokens, hostPositions, readout, out stepReadout)
                     : NextLogits(model, next.unsqueeze(1), fullMask?.narrow(1, 0, promptLength + step + 1), nextPosition, cache, readout, out stepReadout);
                 previous.Dispose();
                 nextPosition.add_(one);
@@ -150,7 +150,7 @@ public static partial class TextGenerator
         }
         finally
         {
-            if (fused is not null) torch.set_num_threads(torchThreads);
+            if (decoder is not null) torch.set_num_threads(torchThreads);
             logits.Dispose();
             stepReadout?.Dispose();
         }

@@ -67,7 +67,8 @@ public class CpuDecoderTests
         using var decoder = CpuDecoder.TryCreate(model, out _)!;
         using var cache = model.NewCache(2, 6, decoder.CacheDType);
         using (var prefill = model.Hidden(ids.narrow(1, 0, 3), null, null, cache)) { }
-        decoder.Bind(cache, [0, 0]);
+        Assert.True(decoder.TryBind(cache, [0, 0], out _));
+        Assert.Throws<InvalidOperationException>(() => decoder.TryBind(cache, [0, 0], out _));
         for (int t = 3; t < 6; t++)
         {
             using var logits = decoder.Step([sequences[0][t], sequences[1][t]], [t, t], wantHidden: false, out _);
