@@ -28,15 +28,11 @@ public static class LinearCrossEntropy
     /// <summary>Rows per chunk: about 4 MB of fp32 logits, at least 32 and at most 1,024 rows.</summary>
     public static int ChunkRows(long vocab) => (int)Math.Clamp((1L << 22) / Math.Max(1, vocab), 32, 1024);
 
-    /// <summary>Whether <see cref="CpuKernels.CrossEntropyRows"/> computes the loss of these operands: on a CPU with the
-    /// kernels, for fp32 or bf16 matmuls. Then the logits of all rows (up to <see cref="KernelLogitsBytes"/>) come from
-    /// one matmul in its dtype, the kernel turns each row into its loss and gradient in place (one pass instead of
-    /// cast, log_softmax, nll, their backwards and a cast back), and two matmuls give the input gradients.</summary>
+    /// <summary>Whether the CPU row kernels (<see cref="LinearLogProbs"/>) compute the loss of these operands: on a CPU
+    /// with the kernels, for fp32 or bf16 matmuls. The loss is then minus the sum of the targets' log-probabilities, from
+    /// one logits matmul in the matmul dtype and one row pass each way, with no fp32 logits at all.</summary>
     internal static bool UsesKernel(Tensor hidden) =>
         CpuKernels.IsSupported && hidden.device_type == DeviceType.CPU && hidden.dtype is ScalarType.Float32 or ScalarType.BFloat16;
-
-    /// <summary>Logits per chunk on the kernel path (in the matmul dtype; they double as the gradient buffer).</summary>
-    public const long KernelLogitsBytes = 256L << 20;
 
     /// <summary>Summed cross-entropy (fp32 scalar, with its graph) of the logits hidden W^T at <paramref name="targets"/>
     /// (rows whose target is <see cref="IgnoreIndex"/> count for nothing): the value and gradients of
@@ -44,6 +40,7 @@ public static class LinearCrossEntropy
     /// <param name="hidden">(N, C) in the matmul dtype.</param>
     /// <param name="weight">(V, C) in the matmul dtype (the cast of the fp32 master, when there is one, stays in the graph).</param>
     /// <param name="targets">(N) int64.</param>
+    /// <param name="chunkRows">Rows per chunk of the libtorch path.</param>
     /// <param name="useKernel">Null = <see cref="UsesKernel"/>; false = libtorch ops only (the reference path).</param>
     public static Tensor Sum(Tensor hidden, Tensor weight, Tensor targets, TokenLossStats? stats = null, int? chunkRows = null, bool? useKernel = null)
     {
@@ -52,11 +49,14 @@ public static class LinearCrossEntropy
         if (targets.ndim != 1 || targets.shape[0] != hidden.shape[0] || targets.dtype != ScalarType.Int64)
             throw new ArgumentException($"targets must be (N) = ({hidden.shape[0]}) int64, got [{string.Join(", ", targets.shape)}] {targets.dtype}");
         if (hidden.dtype != weight.dtype) throw new ArgumentException($"hidden is {hidden.dtype}, weight {weight.dtype}: cast both to the matmul dtype");
-        bool kernel = useKernel ?? UsesKernel(hidden);
-        if (kernel && !UsesKernel(hidden)) throw new ArgumentException("the CPU kernels do not cover these operands");
-        // Chunk size: as given, else ~4 MB of fp32 logits for libtorch ops and up to KernelLogitsBytes for the kernel.
-        int chunk = chunkRows ?? (kernel ? (int)Math.Clamp(KernelLogitsBytes / (weight.shape[0] * weight.element_size()), 1, int.MaxValue) : ChunkRows(weight.shape[0]));
-        return Function.apply(hidden, weight, targets, stats ?? new TokenLossStats(), new StrongBox<int>(chunk), new StrongBox<bool>(kernel));
+        stats ??= new TokenLossStats();
+        if (useKernel ?? UsesKernel(hidden))
+        {
+            using var scope = NewDisposeScope();
+            var (logProbs, _) = LinearLogProbs.Compute(hidden, weight, targets, 1.0, withEntropy: false, stats, useKernel: true);
+            return logProbs.sum().neg().MoveToOuterDisposeScope();
+        }
+        return Function.apply(hidden, weight, targets, stats, new StrongBox<int>(chunkRows ?? ChunkRows(weight.shape[0])));
     }
 
     private sealed class Function : autograd.SingleTensorFunction<Function>
@@ -72,7 +72,6 @@ public static class LinearCrossEntropy
             int chunk = ((StrongBox<int>)vars[4]).Value;
             bool gradHidden = hidden.requires_grad, gradWeight = weight.requires_grad;
             long n = hidden.shape[0], c = hidden.shape[1], v = weight.shape[0];
-            if (((StrongBox<bool>)vars[5]).Value) return KernelForward(ctx, hidden, weight, targets, stats, chunk, gradHidden, gradWeight);
 
             var hiddenGrad = gradHidden ? torch.empty([n, c], dtype: hidden.dtype, device: hidden.device) : null;
             // d loss / d logits of every row, in the matmul dtype: the weight's gradient is one (V, N) x (N, C) matmul at
@@ -118,72 +117,6 @@ public static class LinearCrossEntropy
             return loss.to(ScalarType.Float32);
         }
 
-        private static unsafe Tensor KernelForward(autograd.AutogradContext ctx, Tensor hidden, Tensor weight, Tensor targets, TokenLossStats stats,
-            int chunkRows, bool gradHidden, bool gradWeight)
-        {
-            long n = hidden.shape[0], v = weight.shape[0];
-            int elementBytes = hidden.dtype == ScalarType.BFloat16 ? 2 : 4;
-            long chunk = Math.Clamp(chunkRows, 1, n);
-            bool grads = gradHidden || gradWeight, whole = chunk == n;
-            using var hostTargets = targets.to(ScalarType.Int64).cpu().contiguous();
-            long* targetData = (long*)NativeTensors.Data(hostTargets, ScalarType.Int64);
-            double loss = 0;
-            long correct = 0, labelled = 0;
-            // With all rows in one chunk the logits buffer becomes the gradient buffer; else chunks are copied into it.
-            Tensor? logitsGrad = grads && !whole ? torch.empty([n, v], dtype: hidden.dtype, device: hidden.device) : null;
-            using var noGrad = torch.no_grad();
-            var logProbs = new float[chunk];
-            var minusOne = Enumerable.Repeat(-1f, (int)chunk).ToArray();   // d(sum of -log p)/d(log p)
-            int threads = torch.get_num_threads();
-            for (long start = 0; start < n; start += chunk)
-            {
-                long rows = Math.Min(chunk, n - start);
-                var logits = torch.mm(hidden.narrow(0, start, rows), weight.t()).contiguous();   // (rows, V) matmul dtype
-                var data = (byte*)NativeTensors.Data(logits, logits.dtype);
-                long* chunkTargets = targetData + start;
-                var counts = new long[2 * threads];
-                WorkerTeam.ForRanges((int)rows, threads, (r0, r1, part) =>
-                {
-                    var scratch = new float[v];
-                    long partCorrect = 0, partLabelled = 0;
-                    fixed (float* s = scratch, lp = logProbs, g = minusOne)
-                    {
-                        CpuKernels.TokenLogProbRows(data, elementBytes == 2, (int)v, chunkTargets, IgnoreIndex, 1f, r0, r1, lp, null, grads, s,
-                            ref partCorrect, ref partLabelled);
-                        // softmax - one-hot in place: the gradient of the summed loss.
-                        if (grads) CpuKernels.TokenLogProbBackwardRows(data, elementBytes == 2, (int)v, chunkTargets, IgnoreIndex, 1f, g, r0, r1);
-                    }
-                    counts[2 * part] = partCorrect;
-                    counts[2 * part + 1] = partLabelled;
-                });
-                for (int r = 0; r < rows; r++) loss -= logProbs[r];
-                for (int part = 0; part < threads; part++)
-                {
-                    correct += counts[2 * part];
-                    labelled += counts[2 * part + 1];
-                }
-                if (whole && grads) logitsGrad = logits;
-                else
-                {
-                    logitsGrad?.narrow(0, start, rows).copy_(logits);
-                    logits.Dispose();
-                }
-            }
-            var saved = new List<Tensor>();
-            if (logitsGrad is not null)
-            {
-                if (gradHidden) saved.Add(torch.mm(logitsGrad, weight));
-                if (gradWeight) saved.Add(torch.mm(logitsGrad.t(), hidden));
-                logitsGrad.Dispose();
-            }
-            stats.Correct += correct;
-            stats.Labelled += labelled;
-            ctx.save_for_backward(saved);
-            ctx.save_data("hidden", gradHidden);
-            ctx.save_data("weight", gradWeight);
-            return torch.tensor((float)loss, dtype: ScalarType.Float32, device: hidden.device);
-        }
-
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var saved = ctx.get_saved_variables();
@@ -193,7 +126,7 @@ public static class LinearCrossEntropy
             int i = 0;
             var hiddenGrad = hasHidden ? saved[i++].mul(scale) : null;
             var weightGrad = hasWeight ? saved[i++].mul(scale) : null;
-            return [hiddenGrad!, weightGrad!, null!, null!, null!, null!];   // TorchSharp reads null as "no gradient"
+            return [hiddenGrad!, weightGrad!, null!, null!, null!];   // TorchSharp reads null as "no gradient"
         }
     }
 }

@@ -19,7 +19,9 @@ public static class LinearLogProbs
     /// <param name="hidden">(N, C) in the matmul dtype.</param>
     /// <param name="weight">(V, C) in the matmul dtype.</param>
     /// <param name="useKernel">Null = when <see cref="LinearCrossEntropy.UsesKernel"/>; false = libtorch ops (the reference path).</param>
-    public static (Tensor LogProbs, Tensor? Entropy) Compute(Tensor hidden, Tensor weight, Tensor targets, double divisor, bool withEntropy, bool? useKernel = null)
+    /// <param name="stats">Counts labelled rows and those whose first maximal logit is the target, when given.</param>
+    public static (Tensor LogProbs, Tensor? Entropy) Compute(Tensor hidden, Tensor weight, Tensor targets, double divisor, bool withEntropy,
+        TokenLossStats? stats = null, bool? useKernel = null)
     {
         if (hidden.ndim != 2 || weight.ndim != 2 || hidden.shape[1] != weight.shape[1])
             throw new ArgumentException($"hidden (N, C) and weight (V, C) must agree, got [{string.Join(", ", hidden.shape)}] and [{string.Join(", ", weight.shape)}]");
@@ -27,23 +29,31 @@ public static class LinearLogProbs
             throw new ArgumentException($"targets must be (N) = ({hidden.shape[0]}) int64, got [{string.Join(", ", targets.shape)}] {targets.dtype}");
         if (hidden.dtype != weight.dtype) throw new ArgumentException($"hidden is {hidden.dtype}, weight {weight.dtype}: cast both to the matmul dtype");
         if (!(divisor > 0)) throw new ArgumentOutOfRangeException(nameof(divisor), "must be positive");
-        if (useKernel ?? LinearCrossEntropy.UsesKernel(hidden))
+        bool kernel = useKernel ?? LinearCrossEntropy.UsesKernel(hidden);
+        if (kernel && !LinearCrossEntropy.UsesKernel(hidden)) throw new ArgumentException("the CPU kernels do not cover these operands");
+        if (kernel)
         {
             var entropy = new StrongBox<Tensor?>();
-            var logProbs = Function.apply(hidden, weight, targets, divisor, withEntropy ? entropy : null!);
+            var logProbs = Function.apply(hidden, weight, targets, divisor, withEntropy ? entropy : null!, stats ?? new TokenLossStats());
             return (logProbs, entropy.Value);
         }
         using var scope = NewDisposeScope();
-        var (lp, h) = FromLogits(torch.mm(hidden, weight.t()), targets, divisor, withEntropy);
+        var (lp, h) = FromLogits(torch.mm(hidden, weight.t()), targets, divisor, withEntropy, stats);
         return (lp.MoveToOuterDisposeScope(), h?.MoveToOuterDisposeScope());
     }
 
     /// <summary>The libtorch ops: <see cref="Compute"/> from logits (N, V) in any dtype.</summary>
-    public static (Tensor LogProbs, Tensor? Entropy) FromLogits(Tensor logits, Tensor targets, double divisor, bool withEntropy)
+    public static (Tensor LogProbs, Tensor? Entropy) FromLogits(Tensor logits, Tensor targets, double divisor, bool withEntropy, TokenLossStats? stats = null)
     {
         using var scope = NewDisposeScope();
         using var ignore = LinearCrossEntropy.IgnoreIndex.ToScalar();
         var valid = targets.ne(ignore);
+        if (stats is not null)
+            using (torch.no_grad())
+            {
+                stats.Correct += logits.argmax(-1).eq(targets).logical_and(valid).sum().item<long>();
+                stats.Labelled += valid.sum().item<long>();
+            }
         var scaled = logits.to(ScalarType.Float32).div(divisor);
         var all = F.log_softmax(scaled, -1);
         var picked = all.gather(1, targets.masked_fill(valid.logical_not(), 0).unsqueeze(1)).squeeze(1).mul(valid.to(ScalarType.Float32));
@@ -65,6 +75,7 @@ public static class LinearLogProbs
             var targets = ((Tensor)vars[2]).to(ScalarType.Int64).cpu().contiguous();
             float divisor = (float)(double)vars[3];
             var entropyOut = vars[4] as StrongBox<Tensor?>;
+            var stats = (TokenLossStats)vars[5];
             long n = hidden.shape[0], v = weight.shape[0];
             bool bf16 = hidden.dtype == ScalarType.BFloat16;
             using var noGrad = torch.no_grad();
@@ -76,14 +87,23 @@ public static class LinearLogProbs
             var targetData = (long*)NativeTensors.Data(targets, ScalarType.Int64);
             var lp = (float*)NativeTensors.Data(logProbs, ScalarType.Float32);
             var h = entropy is null ? null : (float*)NativeTensors.Data(entropy, ScalarType.Float32);
-            WorkerTeam.ForRanges((int)n, torch.get_num_threads(), (r0, r1, _) =>
+            int threads = torch.get_num_threads();
+            var counts = new long[2 * threads];
+            WorkerTeam.ForRanges((int)n, threads, (r0, r1, part) =>
             {
                 var scratch = new float[v];
                 long correct = 0, labelled = 0;
                 fixed (float* s = scratch)
                     CpuKernels.TokenLogProbRows(data, bf16, (int)v, targetData, LinearCrossEntropy.IgnoreIndex, divisor, r0, r1, lp, h, grads, s,
                         ref correct, ref labelled);
+                counts[2 * part] = correct;
+                counts[2 * part + 1] = labelled;
             });
+            for (int part = 0; part < threads; part++)
+            {
+                stats.Correct += counts[2 * part];
+                stats.Labelled += counts[2 * part + 1];
+            }
             if (entropyOut is not null) entropyOut.Value = entropy;
             // The logits buffer now holds the probabilities the backward needs.
             if (grads) ctx.save_for_backward([logits, targets, hidden, weight]);
@@ -117,7 +137,7 @@ public static class LinearLogProbs
                 CpuKernels.TokenLogProbBackwardRows(data, bf16, (int)v, targetData, LinearCrossEntropy.IgnoreIndex, divisor, gradData, r0, r1));
             var hiddenGrad = gradHidden ? torch.mm(gradLogits, weight) : null;
             var weightGrad = gradWeight ? torch.mm(gradLogits.t(), hidden) : null;
-            return [hiddenGrad!, weightGrad!, null!, null!, null!];
+            return [hiddenGrad!, weightGrad!, null!, null!, null!, null!];
         }
     }
 }

@@ -220,14 +220,8 @@ public sealed class CausalLanguageModel : TransformerModel
         var flatHidden = hidden.reshape(-1, c);
         var flatTargets = targets.reshape(-1);
         bool large = flatHidden.shape[0] * Config.VocabSize * sizeof(float) > ChunkedLossAboveBytes;
-        if ((chunked ?? (large || LinearCrossEntropy.UsesKernel(flatHidden))) && (lm_head is null || (lm_head.IsPlain && !lm_head.FanInFanOut)))
-        {
-            Tensor weight = lm_head?.weight ?? Trunk.TokenEmbedding;
-            var dtype = lm_head?.MatmulDType ?? ComputeDType ?? weight.dtype;
-            var h = flatHidden.dtype == dtype ? flatHidden : flatHidden.to(dtype);
-            var w = weight.dtype == dtype ? weight : weight.to(dtype);
+        if ((chunked ?? (large || LinearCrossEntropy.UsesKernel(flatHidden))) && PlainHeadOperands(flatHidden) is var (h, w))
             return LinearCrossEntropy.Sum(h, w, flatTargets, stats).MoveToOuterDisposeScope();
-        }
         var logits = Logits(flatHidden).to(ScalarType.Float32);                                  // (N, V)
         var loss = nn.functional.cross_entropy(logits, flatTargets, ignore_index: LinearCrossEntropy.IgnoreIndex, reduction: nn.Reduction.Sum);
         using (var noGrad = torch.no_grad())
@@ -250,19 +244,22 @@ public sealed class CausalLanguageModel : TransformerModel
         using var scope = NewDisposeScope();
         var flatHidden = hidden.reshape(-1, hidden.shape[^1]);
         var flatTokens = tokens.reshape(-1);
-        (Tensor, Tensor?) result;
-        if (lm_head is null || (lm_head.IsPlain && !lm_head.FanInFanOut))
-        {
-            var dtype = lm_head?.MatmulDType ?? ComputeDType ?? DType;
-            Tensor? weight = torch.is_grad_enabled() ? null : lm_head is not null ? lm_head.InferenceWeights()?.Weight : InferenceEmbedding;
-            weight ??= lm_head?.weight ?? Trunk.TokenEmbedding;
-            var w = weight.dtype == dtype ? weight : weight.to(dtype);
-            var h = flatHidden.dtype == dtype ? flatHidden : flatHidden.to(dtype);
-            result = LinearLogProbs.Compute(h, w, flatTokens, divisor, withEntropy);
-        }
-        else result = LinearLogProbs.FromLogits(Logits(flatHidden), flatTokens, divisor, withEntropy);
-        var (logProbs, entropy) = result;
+        var (logProbs, entropy) = PlainHeadOperands(flatHidden) is var (h, w)
+            ? LinearLogProbs.Compute(h, w, flatTokens, divisor, withEntropy)
+            : LinearLogProbs.FromLogits(Logits(flatHidden), flatTokens, divisor, withEntropy);
         return (logProbs.view(tokens.shape).MoveToOuterDisposeScope(), entropy?.view(tokens.shape).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Hidden states (N, C) and the head's weight (V, C), both in the head's matmul dtype (casts in the graph; the
+    /// inference copy of an open scope in a no-grad forward), when the head is a plain product (tied, or lm_head without
+    /// an active adapter); else null.</summary>
+    private (Tensor Hidden, Tensor Weight)? PlainHeadOperands(Tensor flatHidden)
+    {
+        if (lm_head is not null && (!lm_head.IsPlain || lm_head.FanInFanOut)) return null;
+        var dtype = lm_head?.MatmulDType ?? ComputeDType ?? DType;
+        Tensor? weight = torch.is_grad_enabled() ? null : lm_head is not null ? lm_head.InferenceWeights()?.Weight : InferenceEmbedding;
+        weight ??= lm_head?.weight ?? Trunk.TokenEmbedding;
+        return (flatHidden.dtype == dtype ? flatHidden : flatHidden.to(dtype), weight.dtype == dtype ? weight : weight.to(dtype));
     }
 
     /// <summary>Above this size of a micro-batch's fp32 logits the token loss is computed chunk by chunk.</summary>

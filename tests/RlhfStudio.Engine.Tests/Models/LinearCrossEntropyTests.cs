@@ -22,10 +22,8 @@ public class LinearCrossEntropyTests
     [InlineData(ScalarType.Float32, 8, false)]      // libtorch ops: several chunks, the last one short
     [InlineData(ScalarType.Float32, 1000, false)]   // one chunk
     [InlineData(ScalarType.BFloat16, 8, false)]
-    [InlineData(ScalarType.Float32, 8, true)]       // the CPU kernel (where this CPU has it): chunks copied into the gradient buffer
-    [InlineData(ScalarType.Float32, 1000, true)]    // one chunk, its logits become the gradient buffer
-    [InlineData(ScalarType.BFloat16, 8, true)]
-    [InlineData(ScalarType.BFloat16, 1000, true)]
+    [InlineData(ScalarType.Float32, 0, true)]       // the CPU kernels (where this CPU has them): no chunks
+    [InlineData(ScalarType.BFloat16, 0, true)]
     public void Loss_gradients_and_accuracy_match_cross_entropy_on_the_full_logits(ScalarType dtype, int chunk, bool kernel)
     {
         if (kernel && !LinearCrossEntropy.UsesKernel(torch.zeros(1, dtype: dtype))) return;   // no AVX-512: the rows above cover it
@@ -33,7 +31,7 @@ public class LinearCrossEntropyTests
         var (hidden, master, targets) = Inputs(dtype);
         var stats = new TokenLossStats();
         // The weight enters in the matmul dtype through a cast that stays in the graph, as a bf16-compute model's head does.
-        var fused = LinearCrossEntropy.Sum(hidden, master.to(dtype), targets, stats, chunk, kernel);
+        var fused = LinearCrossEntropy.Sum(hidden, master.to(dtype), targets, stats, kernel ? null : chunk, kernel);
         fused.mul(0.5).backward();                                     // a scaled upstream gradient, as the loop's division
         var fusedHidden = hidden.grad!.to(ScalarType.Float32).clone();
         var fusedWeight = master.grad!.clone();

@@ -31,7 +31,8 @@ public class LinearLogProbsTests
         targets[4] = torch.tensor(LinearCrossEntropy.IgnoreIndex);
         var upstream = torch.randn([n], generator: gen);   // a per-token weighting, as PPO's loss gives it
 
-        var (logProbs, entropy) = LinearLogProbs.Compute(hidden, master.to(dtype), targets, divisor, withEntropy: true, useKernel: kernel);
+        var stats = new TokenLossStats();
+        var (logProbs, entropy) = LinearLogProbs.Compute(hidden, master.to(dtype), targets, divisor, withEntropy: true, stats, useKernel: kernel);
         (logProbs * upstream).sum().backward();
         var gotHidden = hidden.grad!.to(ScalarType.Float32).clone();
         var gotWeight = master.grad!.clone();
@@ -51,6 +52,8 @@ public class LinearLogProbsTests
         Assert.True(MaxRel(gotHidden, hidden.grad!.to(ScalarType.Float32)) < tolerance, $"hidden gradients differ by {MaxRel(gotHidden, hidden.grad!.to(ScalarType.Float32))}");
         Assert.True(MaxRel(gotWeight, master.grad!) < tolerance, $"weight gradients differ by {MaxRel(gotWeight, master.grad!)}");
         Assert.Equal(0f, gotHidden[4].abs().max().item<float>());   // an ignored row gets no gradient
+        Assert.Equal(n - 1, stats.Labelled);
+        Assert.Equal(logits.argmax(-1).eq(targets).logical_and(valid).sum().item<long>(), stats.Correct);
     }
 
     [Fact]

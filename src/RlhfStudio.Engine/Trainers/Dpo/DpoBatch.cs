@@ -8,7 +8,6 @@
 using RlhfStudio.Engine.Models;
 using TorchSharp;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace RlhfStudio.Engine.Trainers.Dpo;
 

@@ -4,7 +4,6 @@
 using RlhfStudio.Engine.Models;
 using TorchSharp;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace RlhfStudio.Engine.Trainers.Rl;
 
@@ -17,46 +16,12 @@ public sealed record SequenceBatch(Tensor Ids, Tensor AttentionMask, long Prompt
 
 public static class SequenceForward
 {
-    /// <summary>Logits (B, N, V) fp32 that predicted each response token, divided by (temperature + 1e-7) as TRL does
-    /// (the sampling distribution). Only the N positions that predict response tokens go through the LM head.</summary>
-    public static Tensor ResponseLogits(CausalLanguageModel model, SequenceBatch batch, double temperature)
-    {
-        using var scope = NewDisposeScope();
-        return LogitsOf(model, PredictingHidden(model, batch), temperature).MoveToOuterDisposeScope();
-    }
-
     /// <summary>The final hidden states (B, N, C) of the positions that predict each response token (P - 1 .. P + N - 2).</summary>
     public static Tensor PredictingHidden(TransformerModel model, SequenceBatch batch)
     {
         using var scope = NewDisposeScope();
         var hidden = model.Hidden(batch.Ids, batch.AttentionMask);                               // (B, P+N, C)
         return hidden.narrow(1, batch.PromptLength - 1, batch.ResponseLength).MoveToOuterDisposeScope();
-    }
-
-    /// <summary><see cref="ResponseLogits"/> from hidden states <see cref="PredictingHidden"/> gave (shared with a value head).</summary>
-    public static Tensor LogitsOf(CausalLanguageModel model, Tensor predicting, double temperature)
-    {
-        using var scope = NewDisposeScope();
-        var logits = model.Logits(predicting).to(ScalarType.Float32);
-        using var divisor = (temperature + 1e-7).ToScalar();
-        // Without autograd the (B, N, V) fp32 logits are a temporary of this method (the model's output or its fp32
-        // cast): divide in place, the same values without one more B x N x V buffer; under autograd a new tensor.
-        return (torch.is_grad_enabled() ? logits.div(divisor) : logits.div_(divisor)).MoveToOuterDisposeScope();
-    }
-
-    /// <summary>log_softmax(logits) at each chosen token (TRL selective_log_softmax): (B, N, V), (B, N) -> (B, N).</summary>
-    public static Tensor LogProbsOf(Tensor logits, Tensor tokens)
-    {
-        using var scope = NewDisposeScope();
-        return F.log_softmax(logits, -1).gather(2, tokens.unsqueeze(-1)).squeeze(-1).MoveToOuterDisposeScope();
-    }
-
-    /// <summary>Entropy of the distribution at each position: logsumexp(l) - sum(softmax(l) * l) (TRL entropy_from_logits).</summary>
-    public static Tensor Entropy(Tensor logits)
-    {
-        using var scope = NewDisposeScope();
-        var p = logits.softmax(-1);
-        return (logits.logsumexp(-1) - (p * logits).sum(-1)).MoveToOuterDisposeScope();
     }
 
     /// <summary>Log-probabilities (B, N) of the response tokens under <paramref name="model"/>, <see cref="Advantages.InvalidLogProb"/>
@@ -70,8 +35,8 @@ public static class SequenceForward
 
     /// <summary>Log-probabilities (B, N) of <paramref name="tokens"/> under the distributions the hidden states
     /// <paramref name="predicting"/> (B, N, C) give at <paramref name="temperature"/> (logits / (T + 1e-7), as TRL), and
-    /// with <paramref name="withEntropy"/> their entropies (B, N, no graph): <see cref="LogProbsOf"/> and
-    /// <see cref="Entropy"/> of <see cref="LogitsOf"/> without materialising the fp32 logits (see CausalLanguageModel.TokenLogProbs).</summary>
+    /// with <paramref name="withEntropy"/> their entropies (B, N, no graph; TRL's entropy_from_logits): log_softmax at
+    /// each chosen token (TRL's selective_log_softmax) without materialising fp32 logits (see CausalLanguageModel.TokenLogProbs).</summary>
     public static (Tensor LogProbs, Tensor? Entropy) TokenLogProbs(CausalLanguageModel model, Tensor predicting, Tensor tokens, double temperature, bool withEntropy) =>
         model.TokenLogProbs(predicting, tokens, temperature + 1e-7, withEntropy);
 
