@@ -57,7 +57,7 @@ internal static class GenerateCommand
             clock.Stop();
             int n = result.Tokens[0].Count;
             output.Error.WriteLine($"[{n} tokens in {clock.Elapsed.TotalSeconds:F2} s, {n / clock.Elapsed.TotalSeconds:F1} tokens/s, " +
-                $"stopped by {result.FinishReasons[0].ToString().ToLowerInvariant()}, prompt {ids.Count} tokens, template {template?.Name ?? "none"}, {model.DType}]");
+                $"stopped by {result.FinishReasons[0].ToString().ToLowerInvariant()}, prompt {ids.Count} tokens, template {template?.Name ?? "none"}, {model.DType}, decode: {result.Decoder}]");
         }
         return 0;
     }

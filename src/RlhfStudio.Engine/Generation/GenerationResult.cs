@@ -14,9 +14,10 @@ public sealed record GenerationStep(int Step, IReadOnlyList<long> Tokens, IReadO
 public sealed class GenerationResult : IDisposable
 {
     internal GenerationResult(Tensor sequences, Tensor responseIds, Tensor responseMask, Tensor responseLengths, Tensor? logProbs,
-        IReadOnlyList<IReadOnlyList<long>> tokens, IReadOnlyList<FinishReason> finishReasons, long promptLength, Tensor? readouts = null)
+        IReadOnlyList<IReadOnlyList<long>> tokens, IReadOnlyList<FinishReason> finishReasons, long promptLength, Tensor? readouts, string decoder)
     {
         Readouts = readouts;
+        Decoder = decoder;
         Sequences = sequences;
         ResponseIds = responseIds;
         ResponseMask = responseMask;
@@ -45,6 +46,8 @@ public sealed class GenerationResult : IDisposable
     public IReadOnlyList<FinishReason> FinishReasons { get; }
     /// <summary>P, the padded prompt length.</summary>
     public long PromptLength { get; }
+    /// <summary>What ran the decode steps: "fused CPU kernels", or "libtorch ops" with the reason (for logs and the studio).</summary>
+    public string Decoder { get; }
 
     public void Dispose()
     {

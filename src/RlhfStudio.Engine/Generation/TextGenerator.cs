@@ -13,6 +13,9 @@ public static partial class TextGenerator
     /// <summary>TRL divides logits by (temperature + 1e-7) before log_softmax; the logprobs here match that.</summary>
     public const double LogProbTemperatureEpsilon = 1e-7;
 
+    /// <summary><see cref="GenerationResult.Decoder"/> when the fused CPU decoder ran the decode steps.</summary>
+    public const string FusedDecoderName = "fused CPU kernels";
+
     /// <summary>Generates continuations of a batch of prompts.</summary>
     /// <param name="inputIds">(B, P) int64 prompts, left padded.</param>
     /// <param name="attentionMask">(B, P), 1 = real token, 0 = padding; null = no padding.</param>
@@ -81,7 +84,8 @@ public static partial class TextGenerator
         var stopTensor = torch.tensor(stopIds, dtype: ScalarType.Int64, device: device);
         var eosTensor = torch.tensor(eosIds.ToArray(), dtype: ScalarType.Int64, device: device);
         // Decode steps after the prefill: fused CPU kernels where they cover the model, else libtorch ops.
-        using var fused = settings.FusedCpuDecode && maxNew > 1 ? CpuDecoder.TryCreate(model, out _) : null;
+        string? whyNot = !settings.FusedCpuDecode ? "fused decode off" : maxNew == 1 ? "one token: no decode step" : null;
+        using var fused = whyNot is null ? CpuDecoder.TryCreate(model, out whyNot) : null;
         using var cache = model.NewCache(batch, total, fused?.CacheDType);
         var generator = new torch.Generator((ulong)settings.Seed, device);
         using var logProbScale = (settings.LogProbTemperature + LogProbTemperatureEpsilon).ToScalar();
@@ -92,7 +96,7 @@ public static partial class TextGenerator
         var logits = NextLogits(model, ids, fullMask?.narrow(1, 0, promptLength), promptPositions, cache, readout, out stepReadout);   // (B, V) fp32
         // Left padding (checked above) makes each row's attended cache slots one range, from its first real prompt token.
         long[] hostPositions = realLengths.cpu().data<long>().ToArray();
-        var decoder = fused is not null && fused.TryBind(cache, hostPositions.Select(n => promptLength - n).ToArray(), out _) ? fused : null;
+        var decoder = fused is not null && fused.TryBind(cache, hostPositions.Select(n => promptLength - n).ToArray(), out whyNot) ? fused : null;
         // The decoder's own threads take the cores; libtorch's ops between steps (sampling) run on this thread alone.
         // With its OpenMP team they left a worker spinning after each op that starved the decoder's helper: a 25 us
         // parallel matmul took 400 us after a softmax.
@@ -162,7 +166,8 @@ public static partial class TextGenerator
         var lp = logProbs?.narrow(1, 0, steps).contiguous();
         var ro = readouts?.narrow(1, 0, steps).contiguous();
         var result = new GenerationResult(sequences.DetachFromDisposeScope(), responseIds.DetachFromDisposeScope(), mask.DetachFromDisposeScope(),
-            lengths.DetachFromDisposeScope(), lp?.DetachFromDisposeScope(), host.Tokens, host.Reasons, promptLength, ro?.DetachFromDisposeScope());
+            lengths.DetachFromDisposeScope(), lp?.DetachFromDisposeScope(), host.Tokens, host.Reasons, promptLength, ro?.DetachFromDisposeScope(),
+            decoder is not null ? FusedDecoderName : $"libtorch ops ({whyNot})");
         return result;
     }
 

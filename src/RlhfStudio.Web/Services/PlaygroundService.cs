@@ -10,7 +10,7 @@ public sealed record PlaygroundSettings(int MaxNewTokens = 64, double Temperatur
     string? Template = null, bool UseTemplate = true);
 
 /// <summary>How a playground generation ended.</summary>
-public sealed record PlaygroundResult(string Text, int Tokens, double Seconds, string FinishReason, string Template, double LoadSeconds);
+public sealed record PlaygroundResult(string Text, int Tokens, double Seconds, string FinishReason, string Template, double LoadSeconds, string? Decoder = null);
 
 /// <summary>Generates from a model on a dedicated thread, streaming the decoded text as tokens arrive. One generation
 /// at a time for the whole studio (the CPU is shared with training: a second one would only slow both); the last loaded
@@ -74,7 +74,7 @@ public sealed class PlaygroundService : IDisposable
                 using var result = TextGenerator.Generate(model, input, mask, generation, step => { if (step.Active[0]) text.Add(step.Tokens[0]); }, tokenizer, cancel);
                 clock.Stop();
                 return new PlaygroundResult(text.Finish(), result.Tokens[0].Count, clock.Elapsed.TotalSeconds,
-                    result.FinishReasons[0].ToString().ToLowerInvariant(), template?.Name ?? "none", load.Elapsed.TotalSeconds);
+                    result.FinishReasons[0].ToString().ToLowerInvariant(), template?.Name ?? "none", load.Elapsed.TotalSeconds, result.Decoder);
             }
             catch (OperationCanceledException)
             {

@@ -49,6 +49,8 @@ public class CpuDecoderTests
         var prompts = Prompts();
         using var fused = Run(model, prompts, Greedy);
         using var reference = Run(model, prompts, Greedy with { FusedCpuDecode = false });
+        Assert.Equal(CpuKernels.IsSupported ? TextGenerator.FusedDecoderName : "libtorch ops (this CPU has no 512-bit vectors (AVX-512))", fused.Decoder);
+        Assert.Equal("libtorch ops (fused decode off)", reference.Decoder);
         Assert.Equal(Rows(reference.ResponseIds), Rows(fused.ResponseIds));
         Assert.True(TestModels.MaxDiff(reference.LogProbs!, fused.LogProbs!) < 1e-4, $"max diff {TestModels.MaxDiff(reference.LogProbs!, fused.LogProbs!)}");
         // And against the uncached forward over the whole sequence.
@@ -156,9 +158,12 @@ public class CpuDecoderTests
         Assert.False(Fused(narrowHeads));
         using var gpt2 = TestModels.RandomCausal(TestModels.Gpt2(), seed: 5);
         Assert.False(Fused(gpt2));
-        // They still generate.
+        // They still generate, and say why libtorch ran the steps.
         using var result = Run(narrowHeads, Prompts(), Greedy);
         Assert.Equal(Greedy.MaxNewTokens, result.ResponseIds.shape[1]);
+        if (CpuKernels.IsSupported) Assert.Equal("libtorch ops (hidden size, intermediate size and head size must be multiples of 16)", result.Decoder);
+        using var gpt2Result = Run(gpt2, Prompts(), Greedy);
+        if (CpuKernels.IsSupported) Assert.Equal("libtorch ops (gpt2 is not a Llama-family model)", gpt2Result.Decoder);
     }
 
     [Fact]

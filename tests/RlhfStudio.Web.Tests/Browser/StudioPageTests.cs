@@ -45,6 +45,8 @@ public class StudioPageTests(BrowserFixture fixture)
         await page.Locator("#generate").ClickAsync();
         await Assertions.Expect(page.Locator("#output-stats")).ToContainTextAsync("tokens in", new() { Timeout = 60_000 });
         Assert.Matches(@"\d+ tokens in", await page.Locator("#output-stats").InnerTextAsync());
+        // The stats say what ran the decode steps (the fused kernels on AVX-512 CPUs, else libtorch with the reason).
+        Assert.Matches(@"decode: (fused CPU kernels|libtorch ops \(.+\))", await page.Locator("#output-stats").InnerTextAsync());
         Assert.False(string.IsNullOrWhiteSpace(await page.Locator("#output").InnerTextAsync()));
         await Pages.ShotAsync(page, "playground");
         await Pages.PhoneShotAsync(fixture, "playground?preset=tiny", "playground");
