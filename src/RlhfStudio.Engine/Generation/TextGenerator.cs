@@ -144,8 +144,9 @@ public static partial class TextGenerator
                     ? FusedLogits(decoder, tokens, hostPositions, readout, out stepReadout)
                     : NextLogits(model, next.unsqueeze(1), fullMask?.narrow(1, 0, promptLength + step + 1), nextPosition, cache, readout, out stepReadout);
                 previous.Dispose();
-                nextPosition.add_(one);
-                for (int b = 0; b < hostPositions.Length; b++) hostPositions[b]++;
+                // Positions of the next tokens: on the host for the fused decoder, as a tensor for libtorch.
+                if (decoder is not null) for (int b = 0; b < hostPositions.Length; b++) hostPositions[b]++;
+                else nextPosition.add_(one);
                 // Scalars are not tracked by dispose scopes; a gen-0 collection frees them before glibc pins the memory
                 // (see the TorchSharp notes). The decode path makes none any more (shared Scalars), so a collection every
                 // 64 steps is enough for what callers' code may make (each one cost ~1 ms, 4% of a tiny decode).

@@ -196,7 +196,7 @@ internal sealed class RotaryCache : IDisposable
     /// <summary>Tables for <paramref name="positions"/> (B, T), all below or at <paramref name="maxPosition"/>, in <paramref name="dtype"/>.</summary>
     public RotaryTables Lookup(Tensor positions, long maxPosition, ScalarType dtype)
     {
-        if (maxPosition >= _length) Grow(Math.Max(2 * _length, maxPosition + 1));
+        Tables(maxPosition + 1);
         long b = positions.shape[0], n = positions.shape[1], hs = _cos!.shape[1];
         var index = positions.reshape(-1);
         var cos = _cos.index_select(0, index).view(b, n, 1, hs);

@@ -48,12 +48,7 @@ public static class LinearLogProbs
         using var scope = NewDisposeScope();
         using var ignore = LinearCrossEntropy.IgnoreIndex.ToScalar();
         var valid = targets.ne(ignore);
-        if (stats is not null)
-            using (torch.no_grad())
-            {
-                stats.Correct += logits.argmax(-1).eq(targets).logical_and(valid).sum().item<long>();
-                stats.Labelled += valid.sum().item<long>();
-            }
+        if (stats is not null) Count(logits, targets, stats);
         var scaled = logits.to(ScalarType.Float32).div(divisor);
         var all = F.log_softmax(scaled, -1);
         var picked = all.gather(1, targets.masked_fill(valid.logical_not(), 0).unsqueeze(1)).squeeze(1).mul(valid.to(ScalarType.Float32));
@@ -62,6 +57,17 @@ public static class LinearLogProbs
             using (torch.no_grad())
                 h = (scaled.logsumexp(-1) - (scaled.softmax(-1) * scaled).sum(-1)).MoveToOuterDisposeScope();
         return (picked.MoveToOuterDisposeScope(), h);
+    }
+
+    /// <summary>Adds to <paramref name="stats"/> the labelled rows of logits (N, V) and those whose argmax is the target.</summary>
+    internal static void Count(Tensor logits, Tensor targets, TokenLossStats stats)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        using var ignore = LinearCrossEntropy.IgnoreIndex.ToScalar();
+        var valid = targets.ne(ignore);
+        stats.Correct += logits.argmax(-1).eq(targets).logical_and(valid).sum().item<long>();
+        stats.Labelled += valid.sum().item<long>();
     }
 
     private sealed class Function : autograd.SingleTensorFunction<Function>

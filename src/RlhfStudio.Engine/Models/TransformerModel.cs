@@ -224,13 +224,7 @@ public sealed class CausalLanguageModel : TransformerModel
             return LinearCrossEntropy.Sum(h, w, flatTargets, stats).MoveToOuterDisposeScope();
         var logits = Logits(flatHidden).to(ScalarType.Float32);                                  // (N, V)
         var loss = nn.functional.cross_entropy(logits, flatTargets, ignore_index: LinearCrossEntropy.IgnoreIndex, reduction: nn.Reduction.Sum);
-        using (var noGrad = torch.no_grad())
-        using (var ignore = LinearCrossEntropy.IgnoreIndex.ToScalar())
-        {
-            var valid = flatTargets.ne(ignore);
-            stats.Correct += logits.argmax(-1).eq(flatTargets).logical_and(valid).sum().item<long>();
-            stats.Labelled += valid.sum().item<long>();
-        }
+        LinearLogProbs.Count(logits, flatTargets, stats);
         return loss.MoveToOuterDisposeScope();
     }
 

@@ -148,9 +148,7 @@ internal static unsafe partial class CpuKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void StoreBf16(Vector512<float> values, ushort* target)
     {
-        var bits = values.AsUInt32();
-        var rounded = (bits + Vector512.Create(0x7FFFu) + ((bits >> 16) & Vector512<uint>.One)) >> 16;
-        Avx512F.ConvertToVector256UInt16(rounded).Store(target);
+        Avx512F.ConvertToVector256UInt16(RoundBf16(values).AsUInt32() >> 16).Store(target);
     }
 }
 

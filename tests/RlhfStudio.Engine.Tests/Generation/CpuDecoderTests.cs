@@ -19,14 +19,6 @@ public class CpuDecoderTests
     private static CausalLanguageModel Make(string modelType = "llama", bool tied = false, int kvHeads = 2, ScalarType dtype = ScalarType.Float32) =>
         TestModels.RandomCausal(TestModels.Llama(modelType, tied, kvHeads, layers: 2, hidden: 64), seed: 5, dtype: dtype);
 
-    private static GenerationResult Run(CausalLanguageModel model, long[][] prompts, GenerationSettings settings, Func<Tensor, Tensor>? readout = null)
-    {
-        var (ids, mask) = PromptBatch.LeftPad(prompts.Select(p => (IReadOnlyList<int>)p.Select(x => (int)x).ToList()).ToList(), Pad);
-        using (ids)
-        using (mask)
-            return TextGenerator.Generate(model, ids, mask, settings, readout: readout);
-    }
-
     /// <summary>Whether <paramref name="model"/> decodes through the fused kernels on this machine (false without AVX-512).</summary>
     private static bool Fused(CausalLanguageModel model)
     {
@@ -117,8 +109,8 @@ public class CpuDecoderTests
         using var head = new Projection(64, 1, hasBias: true, ScalarType.Float32, null);
         Func<Tensor, Tensor> readout = h => head.forward(h).squeeze(-1);
         var sample = Greedy with { Temperature = 1.0, Seed = 4 };
-        using var fused = Run(model, Prompts(), sample, readout);
-        using var reference = Run(model, Prompts(), sample with { FusedCpuDecode = false }, readout);
+        using var fused = Run(model, Prompts(), sample, readout: readout);
+        using var reference = Run(model, Prompts(), sample with { FusedCpuDecode = false }, readout: readout);
         Assert.Equal(Rows(reference.ResponseIds), Rows(fused.ResponseIds));
         Assert.True(TestModels.MaxDiff(reference.Readouts!, fused.Readouts!) < 1e-4, $"max diff {TestModels.MaxDiff(reference.Readouts!, fused.Readouts!)}");
     }

@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Generation;
 using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Tests.Models;
 using TorchSharp;
@@ -24,6 +25,16 @@ internal static class GenerationReference
             for (int r = 0; r < rows.Length; r++) rows[r].Add(next[r]);
         }
         return rows.Select((r, i) => r.Skip(prompts[i].Length).ToArray()).ToArray();
+    }
+
+    /// <summary>TextGenerator.Generate on the prompts, left padded with <paramref name="pad"/>.</summary>
+    public static GenerationResult Run(CausalLanguageModel model, long[][] prompts, GenerationSettings settings, Action<GenerationStep>? onStep = null,
+        Func<Tensor, Tensor>? readout = null, long pad = 0)
+    {
+        var (ids, mask) = PromptBatch.LeftPad(prompts.Select(p => (IReadOnlyList<int>)p.Select(x => (int)x).ToList()).ToList(), pad);
+        using (ids)
+        using (mask)
+            return TextGenerator.Generate(model, ids, mask, settings, onStep, readout: readout);
     }
 
     /// <summary>log_softmax(logits / (T + 1e-7)) at each response token from one forward over prompt + response

@@ -13,14 +13,6 @@ public class GeneratorTests
     // No EOS: every row runs to max_new_tokens, so outputs compare position by position.
     private static readonly GenerationSettings Greedy = new() { Temperature = 0, MaxNewTokens = 8, EosTokenIds = [], PadTokenId = Pad };
 
-    private static GenerationResult Run(CausalLanguageModel model, long[][] prompts, GenerationSettings settings, Action<GenerationStep>? onStep = null)
-    {
-        var (ids, mask) = PromptBatch.LeftPad(prompts.Select(p => (IReadOnlyList<int>)p.Select(x => (int)x).ToList()).ToList(), Pad);
-        using (ids)
-        using (mask)
-            return TextGenerator.Generate(model, ids, mask, settings, onStep);
-    }
-
     [Theory]
     [InlineData(2)]   // grouped-query attention
     [InlineData(4)]   // multi-head

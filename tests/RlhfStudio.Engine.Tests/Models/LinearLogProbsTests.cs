@@ -7,12 +7,6 @@ namespace RlhfStudio.Engine.Tests.Models;
 
 public class LinearLogProbsTests
 {
-    private static double MaxRel(Tensor a, Tensor b)
-    {
-        using var scope = NewDisposeScope();
-        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item<float>();
-    }
-
     [Theory]
     [InlineData(ScalarType.Float32, 1.0, true)]
     [InlineData(ScalarType.Float32, 0.7, true)]    // a sampling temperature: the distribution of logits / 0.7
@@ -46,11 +40,11 @@ public class LinearLogProbsTests
         (expected * upstream).sum().backward();
         var expectedEntropy = -(all.exp() * all).sum(-1);
         double tolerance = dtype == ScalarType.Float32 ? 1e-4 : 2e-2;
-        Assert.True(MaxRel(logProbs, expected.detach()) < tolerance, $"log-probs differ by {MaxRel(logProbs, expected.detach())}");
+        Assert.True(TestModels.MaxRel(logProbs, expected.detach()) < tolerance, $"log-probs differ by {TestModels.MaxRel(logProbs, expected.detach())}");
         Assert.Equal(0f, logProbs[4].item<float>());
-        Assert.True(MaxRel(entropy!, expectedEntropy.detach()) < tolerance, $"entropies differ by {MaxRel(entropy!, expectedEntropy.detach())}");
-        Assert.True(MaxRel(gotHidden, hidden.grad!.to(ScalarType.Float32)) < tolerance, $"hidden gradients differ by {MaxRel(gotHidden, hidden.grad!.to(ScalarType.Float32))}");
-        Assert.True(MaxRel(gotWeight, master.grad!) < tolerance, $"weight gradients differ by {MaxRel(gotWeight, master.grad!)}");
+        Assert.True(TestModels.MaxRel(entropy!, expectedEntropy.detach()) < tolerance, $"entropies differ by {TestModels.MaxRel(entropy!, expectedEntropy.detach())}");
+        Assert.True(TestModels.MaxRel(gotHidden, hidden.grad!.to(ScalarType.Float32)) < tolerance, $"hidden gradients differ by {TestModels.MaxRel(gotHidden, hidden.grad!.to(ScalarType.Float32))}");
+        Assert.True(TestModels.MaxRel(gotWeight, master.grad!) < tolerance, $"weight gradients differ by {TestModels.MaxRel(gotWeight, master.grad!)}");
         Assert.Equal(0f, gotHidden[4].abs().max().item<float>());   // an ignored row gets no gradient
         Assert.Equal(n - 1, stats.Labelled);
         Assert.Equal(logits.argmax(-1).eq(targets).logical_and(valid).sum().item<long>(), stats.Correct);
@@ -68,7 +62,7 @@ public class LinearLogProbsTests
         Assert.Equal(new long[] { 2, 5 }, plain.shape);
         Engine.Adapters.Lora.Apply(model, new Engine.Adapters.LoraConfig { Rank = 2, TargetModules = ["lm_head"] });   // B = 0: the same function
         var (viaLogits, entropy) = model.TokenLogProbs(hidden, tokens, 1.3, withEntropy: true);
-        Assert.True(MaxRel(viaLogits, plain) < 1e-5, $"differ by {MaxRel(viaLogits, plain)}");
+        Assert.True(TestModels.MaxRel(viaLogits, plain) < 1e-5, $"differ by {TestModels.MaxRel(viaLogits, plain)}");
         Assert.Equal(new long[] { 2, 5 }, entropy!.shape);
     }
 }

@@ -90,6 +90,13 @@ internal static class TestModels
         return all.item<bool>();
     }
 
+    /// <summary>Largest absolute difference relative to the largest magnitude of <paramref name="b"/> (the reference).</summary>
+    public static double MaxRel(Tensor a, Tensor b)
+    {
+        using var scope = NewDisposeScope();
+        return MaxDiff(a, b) / Math.Max(1e-6, b.to(ScalarType.Float32).abs().max().item<float>());
+    }
+
     public static double MaxDiff(Tensor a, Tensor b)
     {
         using var d = (a.to(ScalarType.Float32) - b.to(ScalarType.Float32)).abs().max();
