@@ -15,7 +15,13 @@ public class CrashRecoveryTests
     [Fact]
     public async Task A_run_killed_mid_way_resumes_after_restart_without_gaps_or_duplicates()
     {
-        var dataFolder = Path.Combine(Path.GetTempPath(), "rlhfstudio-tests", Guid.NewGuid().ToString("N"));
+        var dataFolder = StudioProcess.NewDataFolder();
+        try { await CrashAndResumeAsync(dataFolder); }
+        finally { StudioProcess.DeleteDataFolder(dataFolder); }
+    }
+
+    private static async Task CrashAndResumeAsync(string dataFolder)
+    {
         long runId;
         Dictionary<long, double> beforeCrash;
         long checkpointStep;

@@ -8,7 +8,7 @@ public class DownsamplingTests
     [Fact]
     public async Task A_long_series_is_reduced_to_max_points_keeping_its_extremes_and_ends()
     {
-        var folder = Path.Combine(Path.GetTempPath(), "rlhfstudio-tests", Guid.NewGuid().ToString("N"));
+        var folder = StudioProcess.NewDataFolder();
         try
         {
             await StudioDatabase.InitializeAsync(folder);

@@ -10,7 +10,7 @@ namespace RlhfStudio.Web.Tests;
 /// tests measuring the machine stay quick.</summary>
 public class StudioFactory : WebApplicationFactory<Program>
 {
-    public string DataFolder { get; } = Path.Combine(Path.GetTempPath(), "rlhfstudio-tests", Guid.NewGuid().ToString("N"));
+    public string DataFolder { get; } = StudioProcess.NewDataFolder();
 
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {
@@ -33,6 +33,6 @@ public class StudioFactory : WebApplicationFactory<Program>
     {
         base.Dispose(disposing);
         Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        try { Directory.Delete(DataFolder, recursive: true); } catch (IOException) { }
+        StudioProcess.DeleteDataFolder(DataFolder);
     }
 }

@@ -16,17 +16,35 @@ public sealed class StudioProcess : IAsyncDisposable
     public string DataFolder { get; }
     public string Output { get { lock (_output) return _output.ToString(); } }
 
-    private StudioProcess(Process process, Uri baseAddress, string dataFolder)
+    /// <summary>True when the data folder was made by <see cref="StartAsync"/>: it is deleted on dispose.
+    /// A folder passed in belongs to the caller (a test restarting the studio on it).</summary>
+    private readonly bool _ownsDataFolder;
+
+    private StudioProcess(Process process, Uri baseAddress, string dataFolder, bool ownsDataFolder)
     {
         _process = process;
         BaseAddress = baseAddress;
         DataFolder = dataFolder;
+        _ownsDataFolder = ownsDataFolder;
+    }
+
+    /// <summary>A fresh folder under the temp path for one studio's data.</summary>
+    public static string NewDataFolder() => Path.Combine(Path.GetTempPath(), "rlhfstudio-tests", Guid.NewGuid().ToString("N"));
+
+    /// <summary>Deletes a test data folder, ignoring one already gone or still held open.</summary>
+    public static void DeleteDataFolder(string folder)
+    {
+        try { Directory.Delete(folder, recursive: true); }
+        catch (DirectoryNotFoundException) { }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
     }
 
     /// <summary>Starts the studio and waits until /healthz answers.</summary>
     public static async Task<StudioProcess> StartAsync(string? dataFolder = null, IDictionary<string, string>? settings = null, string bindHost = "127.0.0.1")
     {
-        dataFolder ??= Path.Combine(Path.GetTempPath(), "rlhfstudio-tests", Guid.NewGuid().ToString("N"));
+        bool owns = dataFolder is null;
+        dataFolder ??= NewDataFolder();
         int port = FreePort();
         var dll = WebAssemblyPath();
         var psi = new ProcessStartInfo("dotnet")
@@ -47,7 +65,7 @@ public sealed class StudioProcess : IAsyncDisposable
         foreach (var (key, value) in settings ?? new Dictionary<string, string>()) psi.ArgumentList.Add($"--{key}={value}");
 
         var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start the studio process");
-        var studio = new StudioProcess(process, new Uri($"http://127.0.0.1:{port}/"), dataFolder);
+        var studio = new StudioProcess(process, new Uri($"http://127.0.0.1:{port}/"), dataFolder, owns);
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (studio._output) studio._output.AppendLine(e.Data); };
         process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (studio._output) studio._output.AppendLine(e.Data); };
         process.BeginOutputReadLine();
@@ -81,6 +99,7 @@ public sealed class StudioProcess : IAsyncDisposable
     {
         Kill();
         _process.Dispose();
+        if (_ownsDataFolder) DeleteDataFolder(DataFolder);
         await Task.Yield();
     }
 

@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Tests.Models;
 using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Adapters;
 using RlhfStudio.Engine.Jobs;
@@ -188,7 +189,8 @@ public class PpoStepTests
         var spec = RlTestKit.PpoSpec(maxSteps: 1, adapter: kind);
         var before = Snapshot(models);
         var reporter = new JobRecorder();
-        var output = RlTestKit.TempDir();
+        using var outputFolder = new TempDir();
+        var output = outputFolder.Path;
         var trainer = new RlTrainer(new RunContext(spec, output, reporter, CancellationToken.None), models,
             PromptSet.Of(RlTestKit.Prompts(8)), Ppo());
         var outcome = trainer.Run();

@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Tests.Models;
 using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Adapters;
 using RlhfStudio.Engine.IO;
@@ -30,12 +31,15 @@ public class RlJobTests
     public void Resume_continues_the_curve_and_cancellation_leaves_a_loadable_checkpoint()
     {
         var spec = RlTestKit.PpoSpec(maxSteps: 3, epochs: 1) with { Checkpoints = RlTestKit.PpoSpec().Checkpoints with { SaveSteps = 0 }, KlCoef = 0.2 };
-        var straightDir = RlTestKit.TempDir();
+        using var straightDirFolder = new TempDir();
+        var straightDir = straightDirFolder.Path;
         var (straight, full) = Run(spec, straightDir);
         Assert.Equal(RunEndState.Completed, straight.State);
         Assert.Contains(full.Events, e => e.Code == RlSetup.PresetReferenceWarning);
 
-        var dir = RlTestKit.TempDir();
+        using var dirFolder = new TempDir();
+
+        var dir = dirFolder.Path;
         var (cancelled, first) = Run(spec, dir, cancelAfter: 2);
         Assert.Equal(RunEndState.Cancelled, cancelled.State);
         var checkpoint = Checkpoints.Open(cancelled.LastCheckpoint!);
@@ -72,7 +76,8 @@ public class RlJobTests
         };
         Assert.Empty(spec.Validate());
         Assert.Contains((spec with { FreezeActorSteps = 3 }).Validate(), e => e.Field == "freezeActorSteps");
-        var dir = RlTestKit.TempDir();
+        using var dirFolder = new TempDir();
+        var dir = dirFolder.Path;
         var (outcome, reporter) = Run(spec, dir);
         Assert.Equal(RunEndState.Completed, outcome.State);
         Assert.Contains(reporter.Events, e => e.Message.Contains("policy frozen for the first 1 steps"));
@@ -92,12 +97,15 @@ public class RlJobTests
         };
         Assert.Empty(spec.Validate());
         Assert.Contains(spec with { ValueModel = ModelRef.FromPath("/tmp/x") } is var both ? both.Validate() : [], e => e.Field == "valueModel");
-        var straightDir = RlTestKit.TempDir();
+        using var straightDirFolder = new TempDir();
+        var straightDir = straightDirFolder.Path;
         var (straight, full) = Run(spec, straightDir);
         Assert.Equal(RunEndState.Completed, straight.State);
         Assert.Contains(full.Events, e => e.Message.Contains("value head on the policy's trunk"));
 
-        var dir = RlTestKit.TempDir();
+        using var dirFolder = new TempDir();
+
+        var dir = dirFolder.Path;
         var (cancelled, _) = Run(spec, dir, cancelAfter: 2);
         Assert.Equal(RunEndState.Cancelled, cancelled.State);
         var checkpoint = cancelled.LastCheckpoint!;
@@ -124,7 +132,8 @@ public class RlJobTests
             Dataset = ppo.Dataset, Adapter = ppo.Adapter, Sampling = ppo.Sampling, Checkpoints = ppo.Checkpoints with { SaveSteps = 0 }, RlooK = 2, NumPpoEpochs = 1,
             RecomputeLogProbs = recomputeLogProbs,
         };
-        var dir = RlTestKit.TempDir();
+        using var dirFolder = new TempDir();
+        var dir = dirFolder.Path;
         var (outcome, reporter) = Run(spec, dir);
         Assert.True(outcome.State == RunEndState.Completed, outcome.Message);
         var metrics = reporter.At(2);
@@ -140,7 +149,8 @@ public class RlJobTests
     [Fact]
     public void Preflight_refuses_a_reward_model_without_a_score_head_and_uneven_batches()
     {
-        var dir = RlTestKit.TempDir();
+        using var dirFolder = new TempDir();
+        var dir = dirFolder.Path;
         var causal = Path.Combine(dir, "causal");
         using (var model = ModelPresets.Create("tiny", RlTestKit.Tokenizer.VocabSize, seed: 1, eosTokenIds: [RlTestKit.Tokenizer.EosId!.Value]))
             ModelSaver.Save(model, causal);

@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Tests.Models;
 using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Jobs;
 using RlhfStudio.Engine.Trainers;
@@ -18,7 +19,8 @@ public sealed class RlLearningTests
     {
         using var models = RlTestKit.Models(lora: false, scorer: new BuiltinScorer("ascii-share", AsciiShare));
         var reporter = new JobRecorder();
-        var trainer = new RlTrainer(new RunContext(spec, RlTestKit.TempDir(), reporter, CancellationToken.None), models,
+        using var output = new TempDir();
+        var trainer = new RlTrainer(new RunContext(spec, output.Path, reporter, CancellationToken.None), models,
             PromptSet.Of(RlTestKit.Prompts(64)), objective);
         Assert.Equal(RunEndState.Completed, trainer.Run().State);
         var scores = reporter.MetricLog.Select(m => m.Values[MetricNames.ObjectiveScores]).ToList();

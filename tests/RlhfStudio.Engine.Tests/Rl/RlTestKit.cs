@@ -77,11 +77,4 @@ internal static class RlTestKit
         NumMiniBatches = miniBatches,
         SampleSteps = 2,
     };
-
-    public static string TempDir()
-    {
-        var dir = Path.Combine(Path.GetTempPath(), "rlhf-rl-tests", Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(dir);
-        return dir;
-    }
 }
