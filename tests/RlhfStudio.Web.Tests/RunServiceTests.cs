@@ -62,6 +62,32 @@ public class RunServiceTests : IAsyncLifetime
         .Build();
 
     [Fact]
+    public async Task A_page_handler_that_never_returns_does_not_stop_the_studio_storing_a_run()
+    {
+        // Stands for a page whose render hangs (an axis computation once looped forever on a near-flat series): the
+        // records must still be committed and the run must still end, and other subscribers still hear about it.
+        var release = new ManualResetEventSlim(); // not disposed: a late event may still reach the handler
+        var events = _factory.Services.GetRequiredService<StudioEvents>();
+        int stuck = 0;
+        using var hung = events.Subscribe(_ => { Interlocked.Increment(ref stuck); release.Wait(); });
+        var ended = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var watcher = events.Subscribe(e => { if (e is RunListChanged { Status: "Completed" or "Failed" } c) ended.TrySetResult(c.Status); });
+
+        async Task StoreAndEnd()
+        {
+            long id = await QueueAsync("""{"method":"sft","training":{"maxSteps":30},"checkpoints":{"saveSteps":10}}""");
+            var run = await WaitForStatusAsync(id, "Completed");
+            Assert.Equal(30, run.GetProperty("step").GetInt64());
+            Assert.Equal(Enumerable.Range(1, 30).Select(i => (long)i), (await LossAsync(id)).Select(p => p.Step));
+            Assert.Equal("Completed", await ended.Task.WaitAsync(TimeSpan.FromSeconds(30)));
+            Assert.Equal(1, Volatile.Read(ref stuck)); // it got its first event and is still inside it
+        }
+        // Bounded: with publishing that waits on handlers, the first publish (queueing the run) never returns.
+        try { await Task.Run(StoreAndEnd).WaitAsync(TimeSpan.FromSeconds(90)); }
+        finally { release.Set(); } // else the studio could not stop at the end of a failed test
+    }
+
+    [Fact]
     public async Task A_queued_run_executes_and_records_every_step_once_in_order()
     {
         long id = await QueueAsync("""{"method":"sft","training":{"maxSteps":40},"checkpoints":{"saveSteps":10}}""");

@@ -1,3 +1,4 @@
+using System.Threading.Channels;
 using Microsoft.AspNetCore.SignalR;
 using RlhfStudio.Web.Hubs;
 
@@ -35,25 +36,27 @@ public sealed record BenchmarkFailed(string Message) : StudioEvent;
 
 /// <summary>Fans every studio event out twice: to the SignalR hub (external clients, API users, tests)
 /// and to in-process subscribers (Blazor components, which run on the server). Subscriptions are
-/// disposable; components subscribe on first render and dispose the subscription in Dispose.</summary>
+/// disposable; components subscribe on first render and dispose the subscription in Dispose.
+/// Each subscriber has its own queue, delivered in order by its own pump: publishing never runs a handler, so
+/// the record writer (which publishes after every commit) never waits on page code. Blazor's
+/// <c>InvokeAsync</c> runs the handler's work inline on the calling thread when the circuit is idle, so
+/// before this a slow or stuck render on an open page stopped the studio from storing a run's records.</summary>
 public sealed class StudioEvents(IHubContext<RunsHub> hub, ILogger<StudioEvents> logger)
 {
     private readonly Lock _lock = new();
-    private Action<StudioEvent>[] _subscribers = [];
+    private readonly ILogger _logger = logger;
+    private Subscriber[] _subscribers = [];
 
     public IDisposable Subscribe(Action<StudioEvent> handler)
     {
-        lock (_lock) _subscribers = [.. _subscribers, handler];
-        return new Subscription(this, handler);
+        var subscriber = new Subscriber(this, handler);
+        lock (_lock) _subscribers = [.. _subscribers, subscriber];
+        return subscriber;
     }
 
     public void Publish(StudioEvent e)
     {
-        foreach (var s in Volatile.Read(ref _subscribers))
-        {
-            try { s(e); }
-            catch (Exception ex) { logger.LogWarning(ex, "A subscriber failed on {Event}", e.GetType().Name); }
-        }
+        foreach (var s in Volatile.Read(ref _subscribers)) s.Post(e);
         _ = SendToHubAsync(e);
     }
 
@@ -77,15 +80,38 @@ public sealed class StudioEvents(IHubContext<RunsHub> hub, ILogger<StudioEvents>
         }
         catch (Exception ex)
         {
-            logger.LogWarning(ex, "Could not push {Event} to hub clients", e.GetType().Name);
+            _logger.LogWarning(ex, "Could not push {Event} to hub clients", e.GetType().Name);
         }
     }
 
-    private sealed class Subscription(StudioEvents owner, Action<StudioEvent> handler) : IDisposable
+    private sealed class Subscriber : IDisposable
     {
+        private readonly StudioEvents _owner;
+        private readonly Action<StudioEvent> _handler;
+        private readonly Channel<StudioEvent> _queue = Channel.CreateUnbounded<StudioEvent>(new UnboundedChannelOptions { SingleReader = true });
+
+        public Subscriber(StudioEvents owner, Action<StudioEvent> handler)
+        {
+            _owner = owner;
+            _handler = handler;
+            _ = Task.Run(PumpAsync);
+        }
+
+        public void Post(StudioEvent e) => _queue.Writer.TryWrite(e);
+
+        private async Task PumpAsync()
+        {
+            await foreach (var e in _queue.Reader.ReadAllAsync())
+            {
+                try { _handler(e); }
+                catch (Exception ex) { _owner._logger.LogWarning(ex, "A subscriber failed on {Event}", e.GetType().Name); }
+            }
+        }
+
         public void Dispose()
         {
-            lock (owner._lock) owner._subscribers = owner._subscribers.Where(s => s != handler).ToArray();
+            lock (_owner._lock) _owner._subscribers = _owner._subscribers.Where(s => s != this).ToArray();
+            _queue.Writer.TryComplete();
         }
     }
 }

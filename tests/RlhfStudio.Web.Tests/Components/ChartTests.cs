@@ -27,6 +27,38 @@ public class ChartTests : BunitContext
         for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], ticks[i], 9);
     }
 
+    [Theory]
+    [InlineData(0.105584232754575, 0.105584232754575 + 1e-18)] // below the resolution of the values: the step never moves
+    [InlineData(1795433780674.0, 1795433780674.0002)]            // a millisecond timestamp and a sub-ulp spread
+    [InlineData(1e-300, 3e-300)]
+    [InlineData(-1e308, 1e308)]                                  // the span overflows
+    public void Ticks_stay_few_and_finite_for_ranges_at_the_edge_of_double_precision(double min, double max)
+    {
+        var ticks = ChartMath.Ticks(min, max, 5);
+        Assert.InRange(ticks.Count, 0, 22);
+        Assert.All(ticks, t => Assert.True(double.IsFinite(t)));
+        Assert.Equal(ticks.Distinct().Order(), ticks);
+    }
+
+    [Fact]
+    public void Ticks_of_a_flat_or_invalid_range()
+    {
+        Assert.Equal([3.0], ChartMath.Ticks(3, 3));
+        Assert.Empty(ChartMath.Ticks(double.NaN, 1));
+        Assert.Empty(ChartMath.Ticks(0, double.PositiveInfinity));
+    }
+
+    [Fact]
+    public void A_spread_within_rounding_is_drawn_as_a_flat_series()
+    {
+        // Two evaluations of the same accuracy that differ in the last bit: the padded range must be as wide as a
+        // flat series' (it used to be ~1e-18 wide, and the axis ticks then looped forever on the writer's thread).
+        double a = 0.105584232754575, b = Math.BitIncrement(a);
+        Assert.Equal(ChartMath.Range([a, a]), ChartMath.Range([a, b]));
+        var (lo, hi) = ChartMath.Range([a, b]);
+        Assert.InRange(ChartMath.Ticks(lo, hi, 5).Count, 3, 12);
+    }
+
     [Fact]
     public void Range_pads_by_five_percent_and_widens_a_flat_series()
     {

@@ -29,13 +29,22 @@ public static class ChartMath
     /// <summary>"Nice" tick values (steps of 1, 2 or 5 x 10^k) covering [min, max], about <paramref name="count"/> of them.</summary>
     public static List<double> Ticks(double min, double max, int count = 5)
     {
-        if (!(max > min)) return [min];
+        if (!(max > min)) return double.IsFinite(min) ? [min] : [];
+        if (!double.IsFinite(max - min)) return [];
         double raw = (max - min) / Math.Max(1, count);
         double magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
         double step = magnitude * (raw / magnitude < 1.5 ? 1 : raw / magnitude < 3 ? 2 : raw / magnitude < 7 ? 5 : 10);
+        // Ticks are integer multiples of the step, counted by an int, so the loop is bounded however small the step is
+        // next to the values (adding a step below their resolution never moves: 0.1 + 1e-18 == 0.1, 4e16 + 1 == 4e16).
+        double first = Math.Ceiling(min / step), last = Math.Floor(max / step + 1e-9);
+        if (!(last - first <= 4.0 * Math.Max(1, count) + 2)) return [min, max];
         var ticks = new List<double>();
-        for (double t = Math.Ceiling(min / step) * step; t <= max + step * 1e-9; t += step)
-            ticks.Add(Math.Abs(t) < step * 1e-9 ? 0 : t);
+        for (int i = 0; i <= (int)(last - first); i++)
+        {
+            double t = (first + i) * step;
+            if (Math.Abs(t) < step * 1e-9) t = 0;
+            if (ticks.Count == 0 || t > ticks[^1]) ticks.Add(t); // distinct values only
+        }
         return ticks;
     }
 
@@ -50,6 +59,8 @@ public static class ChartMath
             if (v > max) max = v;
         }
         if (double.IsInfinity(min)) return (0, 1);
+        // A spread within rounding of the values (two evaluations summing the same counts in another order) is flat.
+        if (max - min <= 1e-12 * Math.Max(Math.Abs(min), Math.Abs(max))) max = min;
         if (min == max) return (min - Math.Max(1e-9, Math.Abs(min) * 0.1), max + Math.Max(1e-9, Math.Abs(max) * 0.1));
         double pad = (max - min) * 0.05;
         return (min - pad, max + pad);
