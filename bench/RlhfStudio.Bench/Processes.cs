@@ -110,13 +110,18 @@ public static class PyTorchPeer
     /// <summary>bench.py for one workload, given its best: the OpenBLAS core-type overrides this environment sets
     /// (they force AVX2 kernels and halve OpenBLAS's fp32 matmul speed) are removed for this process only, glibc keeps
     /// large freed blocks (as our engine does); the script sets 2 threads itself.</summary>
-    public static ProcessStartInfo Workload(string id, bool quick)
+    public static ProcessStartInfo Workload(string id, bool quick, int? promptTokens = null)
     {
         var info = new ProcessStartInfo(Python);
         info.ArgumentList.Add(Script);
         info.ArgumentList.Add("--workload");
         info.ArgumentList.Add(id);
         if (quick) info.ArgumentList.Add("--quick");
+        if (promptTokens is int p)
+        {
+            info.ArgumentList.Add("--prompt-tokens");
+            info.ArgumentList.Add(p.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
         info.Environment.Remove("OPENBLAS_CORETYPE");
         info.Environment.Remove("OPENBLAS_L2_SIZE");
         // The same malloc behaviour our engine sets for itself (Runtime/NativeAllocator.cs): large freed blocks stay in

@@ -48,7 +48,9 @@ foreach (var spec in Suite.All.Where(s => options.Only.Count == 0 || options.Onl
     var childArgs = new List<string> { "--child", spec.Id };
     if (options.Quick) childArgs.Add("--quick");
     var ours = ChildProcess.Run(ChildProcess.Self(childArgs), "ours");
-    var torch = peerError is null && spec.HasPeer ? ChildProcess.Run(PyTorchPeer.Workload(spec.Id, options.Quick), "PyTorch") : null;
+    // The PPO step's prompt length comes from our tokenizer and template: the PyTorch side gets the same.
+    int? promptTokens = ours?.Phases?.TryGetValue(PpoStep.PromptTokensPhase, out var pt) == true ? (int)pt : null;
+    var torch = peerError is null ? ChildProcess.Run(PyTorchPeer.Workload(spec.Id, options.Quick, promptTokens), "PyTorch") : null;
     Console.Error.WriteLine($"  ours {ours?.Best:N0} {ours?.Unit} (cpu {ours?.CpuShare:F2}, {ours?.Notes}); PyTorch {torch?.Best:N0} (cpu {torch?.CpuShare:F2}, {torch?.Notes})");
     rows.Add(new Comparison(spec, ours, torch, load));
 }
@@ -69,11 +71,13 @@ Console.WriteLine("CPU = process CPU time / wall time over the timed repetitions
 Console.WriteLine("ours bf16 = fp32 master weights with bf16 compute; PyTorch bf16 = torch.autocast(\"cpu\", bfloat16) for training, a bf16 copy of the model for generation.");
 Console.WriteLine($"load average after: {loadAfter}");
 Console.WriteLine();
-foreach (var r in rows.Where(r => r.Ours?.Phases is not null))
-{
-    Console.WriteLine($"{r.Spec.Id} phases (ms):");
-    foreach (var (phase, ms) in r.Ours!.Phases!) Console.WriteLine($"  {phase}: {ms:F0}");
-}
+foreach (var r in rows)
+    foreach (var (side, m) in new[] { ("ours", r.Ours), ("PyTorch", r.PyTorch) })
+        if (m?.Phases is { } phases)
+        {
+            Console.WriteLine($"{r.Spec.Id} phases, {side} (ms):");
+            foreach (var (phase, ms) in phases) Console.WriteLine($"  {phase}: {ms:F0}");
+        }
 Console.WriteLine();
 var targets = Report.Targets(rows, peaks);
 foreach (var t in targets) Console.WriteLine(t);

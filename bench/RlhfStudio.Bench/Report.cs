@@ -72,11 +72,12 @@ internal static class Report
         else lines.Add("?    25M training MFU: not measured");
         Ratio("generate-tiny", "tiny generation, best mode vs best mode", 1.5);
         Ratio("generate-25M", "25M generation, best mode vs best mode", 1.5);
-        if (rows.FirstOrDefault(r => r.Spec.Kind == "ppo")?.Ours?.Phases is { } phases)
+        var ppo = rows.FirstOrDefault(r => r.Spec.Kind == "ppo");
+        if (ppo?.Ours?.Phases is { } phases)
         {
-            double generation = phases["  pure generation, same prompts and settings (best)"];
-            double ratio = phases["rollout (best), policy log-probs from the sampling loop (TRL)"] / generation;
-            double exact = phases["rollout (best), policy log-probs recomputed by a forward (recomputeLogProbs)"] / generation;
+            double generation = phases["pure generation, same prompts and settings (best)"];
+            double ratio = phases["  rollout (best), policy log-probs from the sampling loop (TRL)"] / generation;
+            double exact = phases["  rollout (best), policy log-probs recomputed by a forward (recomputeLogProbs)"] / generation;
             double shared = phases["  rollout (best), sharedValueHead"] / generation;
             double best = Math.Min(ratio, Math.Min(exact, shared));
             lines.Add($"{(best <= 1.2 ? "PASS" : "FAIL")} PPO rollout phase / pure generation at the same size = {ratio:F2}x with TRL's log-probs from " +
@@ -85,6 +86,13 @@ internal static class Report
                       $"{phases["rollout / its own sampling part, same step (best, x1000): log-probs from sampling"] / 1000:F2}x, " +
                       $"{phases["rollout / its own sampling part, same step (best, x1000): recomputed log-probs"] / 1000:F2}x, " +
                       $"{phases["rollout / its own sampling part, same step (best, x1000): sharedValueHead, from sampling"] / 1000:F2}x");
+            if (ppo.PyTorch?.Phases is { } torch)
+            {
+                lines.Add($"     PyTorch, same route (value head on the policy, log-probs and values from sampling): rollout " +
+                          $"{torch["rollout (best)"]:F0} ms = {torch["rollout / its own sampling part, same step (best, x1000)"] / 1000:F2}x its sampling part " +
+                          $"({torch["  sampling part of the rollout (best)"]:F0} ms); ours {phases["  rollout (best), sharedValueHead"]:F0} ms = " +
+                          $"{torch["rollout (best)"] / phases["  rollout (best), sharedValueHead"]:F2}x faster; whole step {ppo.Ratio:F2}x");
+            }
         }
         return lines;
     }

@@ -29,6 +29,7 @@ CONFIGS = {
 GEN_BATCH, PROMPT, NEW_TOKENS = 8, 32, 128
 REWARD_PAIRS, REWARD_LEN = 8, 256
 DPO_PAIRS, DPO_PROMPT, DPO_COMPLETION, DPO_BETA = 8, 128, 128, 0.1
+PPO_BATCH, PPO_EPOCHS, PPO_KL_COEF, PPO_CLIP, PPO_VF_COEF, PPO_LR = 8, 4, 0.05, 0.2, 0.1, 1e-5
 MATMUL_SIZE = 2048
 
 
@@ -323,6 +324,131 @@ def dpo(wid, c, dtype, reps):
     return rate(wid, "tokens/s", tokens, run, flops, f"{DPO_PAIRS} pairs x ({DPO_PROMPT}+{DPO_COMPLETION}), policy+reference, loss {state['loss']:.4f}")
 
 
+class ValueHeadLlama(Llama):
+    """TRL's AutoModelForCausalLMWithValueHead: a scalar head on the final hidden states of the policy's trunk."""
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.v_head = nn.Linear(self.hidden, 1)
+        nn.init.normal_(self.v_head.weight, std=0.02)
+        nn.init.zeros_(self.v_head.bias)
+
+
+@torch.inference_mode()
+def ppo_sample(model, ids, g):
+    """Sampling with a KV cache on the bf16 copy, keeping each sampled token's log-probability and the value of the state
+    it was sampled from (the sampling loop's outputs, as TRL's batch_generation keeps its logits): no policy forward later."""
+    b, p = ids.shape
+    total = p + NEW_TOKENS
+    cache = [(torch.zeros(b, model.heads, total, model.head_dim, dtype=torch.bfloat16),
+              torch.zeros(b, model.heads, total, model.head_dim, dtype=torch.bfloat16)) for _ in model.layers]
+    tokens = torch.empty(b, NEW_TOKENS, dtype=torch.long)
+    logprobs = torch.empty(b, NEW_TOKENS)
+    values = torch.empty(b, NEW_TOKENS)
+    h = model.hidden_states(ids, cache, 0)
+    past = p
+    for step in range(NEW_TOKENS):
+        last = h[:, -1]
+        lp = model.logits(last).float().log_softmax(-1)            # temperature 1
+        values[:, step] = model.v_head(last).float().squeeze(-1)
+        cdf = lp.exp().cumsum(-1)
+        u = (1 - torch.rand(b, 1, generator=g)) * cdf[:, -1:]
+        token = (cdf < u).sum(-1).clamp_max(VOCAB - 1)
+        tokens[:, step] = token
+        logprobs[:, step] = lp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        if step == NEW_TOKENS - 1:
+            break
+        h = model.hidden_states(token.unsqueeze(1), cache, past)
+        past += 1
+    return tokens, logprobs, values
+
+
+def response_logprobs(model, seq, p):
+    """Log-probabilities (B, N) of the response tokens, and the predicting hidden states (B, N, C)."""
+    h = model.hidden_states(seq)[:, p - 1:-1]
+    lp = model.logits(h).float().log_softmax(-1).gather(-1, seq[:, p:].unsqueeze(-1)).squeeze(-1)
+    return lp, h
+
+
+def ppo(wid, c, dtype, reps, prompt_tokens):
+    """One PPO step as TRL's PPOTrainer with a value head on the policy (AutoModelForCausalLMWithValueHead), given its
+    cheapest route: log-probs and values from the sampling loop, a bf16 reference copy made once, a bf16 sampling copy
+    refreshed in place each step, fp32 master weights trained under bf16 autocast. Rollout = sampling + reference
+    forward + rewards (a random score: the arithmetic check on our side is as cheap) + KL-shaped rewards, GAE and
+    whitening; then 4 epochs of one minibatch of 8: clipped policy loss, clipped value loss, grad clip 1.0, AdamW."""
+    if dtype != "bf16":
+        raise SystemExit("ppo is measured in bf16 only")
+    torch.manual_seed(1)
+    policy = ValueHeadLlama(**c)
+    sampler = ValueHeadLlama(**c).to(torch.bfloat16).eval()
+    reference = Llama(**c)
+    reference.load_state_dict({k: v for k, v in policy.state_dict().items() if not k.startswith("v_head")})
+    reference = reference.to(torch.bfloat16).eval()
+    opt = adamw(policy, PPO_LR)
+    g = torch.Generator().manual_seed(5)
+    prompts = torch.randint(0, VOCAB, (PPO_BATCH, prompt_tokens), generator=torch.Generator().manual_seed(19))
+    p = prompt_tokens
+    timings = dict(rollout=[], sampling=[], optimise=[])
+
+    def step():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for ps, pp in zip(sampler.parameters(), policy.parameters()):
+                ps.copy_(pp)
+        t1 = time.perf_counter()
+        tokens, logprobs, values = ppo_sample(sampler, prompts, g)
+        t2 = time.perf_counter()
+        seq = torch.cat([prompts, tokens], 1)
+        with torch.inference_mode():
+            ref_logprobs, _ = response_logprobs(reference, seq, p)
+        score = torch.randn(PPO_BATCH, generator=g)
+        kl = logprobs - ref_logprobs
+        rewards = -PPO_KL_COEF * kl
+        rewards[:, -1] += score
+        advantages_reversed, last = [], 0.0
+        for t in reversed(range(NEW_TOKENS)):                         # TRL's GAE loop, gamma 1, lambda 0.95
+            next_value = values[:, t + 1] if t < NEW_TOKENS - 1 else 0.0
+            delta = rewards[:, t] + next_value - values[:, t]
+            last = delta + 0.95 * last
+            advantages_reversed.append(last)
+        advantages = torch.stack(advantages_reversed[::-1], 1)
+        returns = advantages + values
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        t3 = time.perf_counter()
+        for _ in range(PPO_EPOCHS):
+            with autocast(dtype):
+                new_logprobs, h = response_logprobs(policy, seq, p)
+                vpred = policy.v_head(h).float().squeeze(-1)
+            vclipped = values + (vpred - values).clamp(-PPO_CLIP, PPO_CLIP)
+            vf_loss = 0.5 * torch.max((vpred - returns) ** 2, (vclipped - returns) ** 2).mean()
+            ratio = (new_logprobs - logprobs).exp()
+            pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - PPO_CLIP, 1 + PPO_CLIP)).mean()
+            loss = pg_loss + PPO_VF_COEF * vf_loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        timings["rollout"].append(t3 - t0)
+        timings["sampling"].append(t2 - t1)
+        timings["optimise"].append(t4 - t3)
+
+    run = timed(step, 1, reps)
+    times = run[0]
+    best = min(times)
+    result = rate(wid, "steps/min", 60.0, run, None,
+                  f"batch {PPO_BATCH}, prompt {p} + {NEW_TOKENS} new tokens, {PPO_EPOCHS} epochs, value head on the policy")
+    timed_from = len(timings["rollout"]) - len(times)
+    rollout, sampling, optimise = (timings[k][timed_from:] for k in ("rollout", "sampling", "optimise"))
+    result["phases"] = {
+        "step (best)": best * 1000,
+        "rollout (best)": min(rollout) * 1000,
+        "  sampling part of the rollout (best)": min(sampling) * 1000,
+        "optimise: 4 PPO epochs (best)": min(optimise) * 1000,
+        "rollout / its own sampling part, same step (best, x1000)": min(r / s for r, s in zip(rollout, sampling)) * 1000,
+    }
+    return result
+
+
 def peak_rss_mib():
     with open("/proc/self/status") as f:
         for line in f:
@@ -333,8 +459,9 @@ def peak_rss_mib():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", required=True, help="e.g. matmul-bf16, train-tiny-fp32, generate-25M-bf16, reward-tiny-fp32, dpo-tiny-bf16")
+    parser.add_argument("--workload", required=True, help="e.g. matmul-bf16, train-tiny-fp32, generate-25M-bf16, reward-tiny-fp32, dpo-tiny-bf16, ppo-tiny-bf16")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--prompt-tokens", type=int, default=PROMPT, help="ppo: the prompt length (ours reports its own)")
     args = parser.parse_args()
     # Debian's build defaults to 1 thread here; BENCH_THREADS=1 is for CPU-time comparisons on a loaded machine.
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -350,9 +477,12 @@ def main():
         if config is None:
             parser.error(f"unknown config in {args.workload} ({', '.join(CONFIGS)})")
         work = {"train": train, "generate": generate, "reward": reward, "dpo": dpo}.get(kind)
-        if work is None:
+        if kind == "ppo":
+            result = ppo(args.workload, config, dtype, 3 if args.quick else 4, args.prompt_tokens)
+        elif work is None:
             parser.error(f"unknown workload kind {kind}")
-        result = work(args.workload, config, dtype, reps)
+        else:
+            result = work(args.workload, config, dtype, reps)
     result["peakRssMiB"] = peak_rss_mib()
     result["notes"] = (result.get("notes") or "") + f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
     print("RESULT " + json.dumps(result), flush=True)

@@ -112,7 +112,7 @@ public static partial class TextGenerator
                 var active = unfinished.clone();
                 next = torch.where(active, next, padTensor);
                 responses.narrow(1, step, 1).copy_(next.unsqueeze(1));
-                if (logProbs is not null)
+                if (logProbs is not null && decoder is null)
                 {
                     var all = F.log_softmax(logits.div(logProbScale), -1);
                     var chosen = all.gather(1, next.unsqueeze(1)).squeeze(1).masked_fill(active.logical_not(), zero);
@@ -129,6 +129,9 @@ public static partial class TextGenerator
                 // The one host read per step: the new tokens, for streaming, stop strings and the end-of-loop test.
                 var tokens = next.cpu().data<long>().ToArray();
                 var stringStops = host.Record(step, tokens);
+                // On the fused path (AVX-512 CPU) the log-probabilities of the chosen tokens are one kernel pass over the logits.
+                if (logProbs is not null && decoder is not null)
+                    LinearLogProbs.SampledTokens(logits, tokens, host.LastStepActive, settings.LogProbTemperature + LogProbTemperatureEpsilon, logProbs, step);
                 if (stringStops.Count > 0)
                 {
                     using var rows = torch.tensor(stringStops.ToArray(), dtype: ScalarType.Int64, device: device);

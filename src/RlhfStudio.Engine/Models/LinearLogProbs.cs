@@ -59,6 +59,33 @@ public static class LinearLogProbs
         return (picked.MoveToOuterDisposeScope(), h);
     }
 
+    /// <summary>Writes log_softmax(logits / <paramref name="divisor"/>)[token] of each row of <paramref name="logits"/> (B, V) fp32
+    /// on the CPU, into column <paramref name="column"/> of <paramref name="into"/> (B, S) fp32 contiguous, 0 for rows
+    /// not <paramref name="active"/>: a sampling loop's log-probabilities in one row pass on this thread (the generator's
+    /// fused-decode path, where libtorch runs single-threaded and its five ops per step cost ~20 ms per rollout).</summary>
+    internal static unsafe void SampledTokens(Tensor logits, long[] tokens, IReadOnlyList<bool> active, double divisor, Tensor into, long column)
+    {
+        if (logits.dtype != ScalarType.Float32 || logits.ndim != 2 || logits.device_type != DeviceType.CPU)
+            throw new ArgumentException("logits must be (B, V) fp32 on the CPU");
+        using var copy = logits.is_contiguous() ? null : logits.contiguous();
+        logits = copy ?? logits;
+        long b = logits.shape[0], v = logits.shape[1];
+        if (tokens.Length != b || active.Count != b || into.shape[0] != b || into.dtype != ScalarType.Float32 || !into.is_contiguous())
+            throw new ArgumentException($"tokens, active rows and the output must have the logits' {b} rows");
+        var targets = new long[b];
+        for (int r = 0; r < b; r++) targets[r] = active[r] ? tokens[r] : LinearCrossEntropy.IgnoreIndex;
+        var values = new float[b];
+        var scratch = new float[v];
+        long correct = 0, labelled = 0;
+        fixed (long* t = targets)
+        fixed (float* lp = values, s = scratch)
+            CpuKernels.TokenLogProbRows((byte*)NativeTensors.Data(logits, ScalarType.Float32), bf16: false, (int)v, t, LinearCrossEntropy.IgnoreIndex,
+                (float)divisor, 0, (int)b, lp, null, keepProbabilities: false, s, ref correct, ref labelled);
+        var output = (float*)NativeTensors.Data(into, ScalarType.Float32);
+        long stride = into.shape[1];
+        for (int r = 0; r < b; r++) output[r * stride + column] = values[r];
+    }
+
     /// <summary>Adds to <paramref name="stats"/> the labelled rows of logits (N, V) and those whose argmax is the target.</summary>
     internal static void Count(Tensor logits, Tensor targets, TokenLossStats stats)
     {
