@@ -1,14 +1,17 @@
-using System.Text.Json;
 using System.Diagnostics;
+using System.Text.Json;
+using RlhfStudio.Engine.IO;
 using RlhfStudio.Engine.Jobs;
+using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Text;
 using RlhfStudio.Engine.Trainers.Rl;
 using static TorchSharp.torch;
 
 namespace RlhfStudio.Bench.Workloads;
 
 /// <summary>A full PPO step of the real trainer (PpoJob: rollout = sampling + policy/reference log-probabilities,
-/// values and scores; then 4 PPO epochs over the rollout) on the "tiny" preset with the built-in tokenizer and the
-/// arithmetic scorer: batch 8 of one arithmetic prompt (every batch has the same padded prompt length, reported as
+/// values and scores; then 4 PPO epochs over the rollout) on the suite's tiny config (vocabulary 8192) with the built-in
+/// tokenizer and the arithmetic scorer: batch 8 of one arithmetic prompt (every batch has the same padded prompt length, reported as
 /// "prompt tokens" and given to the PyTorch side), 128 new tokens at temperature 1 (a fresh model rarely samples EOS,
 /// so rows run to the end), bf16 compute. The phase split comes from the trainer's own metrics (time/rollout_s,
 /// time/optimize_s, time/generation_s); pure generation of the same prompts with the same settings
@@ -34,10 +37,11 @@ public static class PpoStep
         {
             var prompts = Path.Combine(folder, "prompts.jsonl");
             File.WriteAllLines(prompts, Enumerable.Repeat(JsonSerializer.Serialize(new { prompt = Prompt }), 64));
-            var (rollout, optimize, total, overSampling) = Steps(folder, prompts, dtype, repetitions, recomputeLogProbs: false);
-            var (exactRollout, _, _, exactOverSampling) = Steps(folder, prompts, dtype, repetitions, recomputeLogProbs: true);
-            var (sharedRollout, sharedOptimize, sharedTotal, sharedOverSampling) = Steps(folder, prompts, dtype, repetitions, recomputeLogProbs: false, sharedValueHead: true);
-            var (generation, promptTokens) = PureGeneration(Spec(prompts, dtype, repetitions + 1, recomputeLogProbs: false), repetitions);
+            var modelFolder = WriteModel(Path.Combine(folder, "tiny-8k"));
+            var (rollout, optimize, total, overSampling) = Steps(folder, modelFolder, prompts, dtype, repetitions, recomputeLogProbs: false);
+            var (exactRollout, _, _, exactOverSampling) = Steps(folder, modelFolder, prompts, dtype, repetitions, recomputeLogProbs: true);
+            var (sharedRollout, sharedOptimize, sharedTotal, sharedOverSampling) = Steps(folder, modelFolder, prompts, dtype, repetitions, recomputeLogProbs: false, sharedValueHead: true);
+            var (generation, promptTokens) = PureGeneration(Spec(modelFolder, prompts, dtype, repetitions + 1, recomputeLogProbs: false), repetitions);
             double best = sharedTotal.Min();
             return new Measurement(id, "steps/min", 60 / best, 60 / Median(sharedTotal), sharedTotal.Count, best * 1000,
                 Notes: $"batch {Batch}, prompt {promptTokens} + {NewTokens} new tokens, {Epochs} epochs, value head on the policy; rollout " +
@@ -66,10 +70,10 @@ public static class PpoStep
         }
     }
 
-    private static PpoSpec Spec(string prompts, ScalarType dtype, int steps, bool recomputeLogProbs, bool sharedValueHead = false) =>
+    private static PpoSpec Spec(string model, string prompts, ScalarType dtype, int steps, bool recomputeLogProbs, bool sharedValueHead = false) =>
         (PpoSpec)RunSpec.FromJson($$"""
             {
-              "method": "ppo", "name": "bench-ppo", "model": { "preset": "tiny" },
+              "method": "ppo", "name": "bench-ppo", "model": { "path": {{JsonSerializer.Serialize(model)}} },
               "reward": { "builtin": "arithmetic" }, "dataset": { "path": {{JsonSerializer.Serialize(prompts)}} },
               "precision": "{{(dtype == ScalarType.BFloat16 ? "bf16" : "fp32")}}", "seed": 42, "maxLength": 256,
               "training": { "learningRate": 1e-5, "maxSteps": {{steps}}, "batchSize": {{Batch}}, "maxGradNorm": 1.0 },
@@ -82,10 +86,10 @@ public static class PpoStep
 
     /// <summary>Rollout, optimisation and total seconds of each step after the warm-up one, and each rollout's time over
     /// its own sampling part (measured in the same step, so immune to the machine's speed drifting between runs).</summary>
-    private static (List<double> Rollout, List<double> Optimize, List<double> Total, List<double> OverSampling) Steps(string folder, string prompts,
+    private static (List<double> Rollout, List<double> Optimize, List<double> Total, List<double> OverSampling) Steps(string folder, string model, string prompts,
         ScalarType dtype, int repetitions, bool recomputeLogProbs, bool sharedValueHead = false)
     {
-        var spec = Spec(prompts, dtype, repetitions + 1, recomputeLogProbs, sharedValueHead);
+        var spec = Spec(model, prompts, dtype, repetitions + 1, recomputeLogProbs, sharedValueHead);
         var output = Path.Combine(folder, "run");
         try
         {
@@ -101,6 +105,19 @@ public static class PpoStep
         {
             if (Directory.Exists(output)) Directory.Delete(output, recursive: true);
         }
+    }
+
+    /// <summary>The suite's tiny config (vocabulary 8192, as the training and generation rows and bench/pytorch) as a model
+    /// folder with the built-in tokenizer's files: its 382 ids are the first rows of the embedding, the rest are never
+    /// produced by tokenising but can be sampled (decoding skips them, as transformers' does).</summary>
+    private static string WriteModel(string folder)
+    {
+        var tokenizer = TextTokenizer.BuiltIn();
+        using (var model = ModelPresets.Create(BenchConfig.Tiny.Preset, BenchConfig.Vocab, seed: 42, bosTokenId: tokenizer.BosId,
+                   eosTokenIds: tokenizer.EosId is int eos ? [eos] : [], padTokenId: tokenizer.PadId))
+            ModelSaver.Save(model, folder);
+        tokenizer.Save(folder);
+        return folder;
     }
 
     private static double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);
