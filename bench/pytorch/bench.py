@@ -31,6 +31,7 @@ REWARD_PAIRS, REWARD_LEN = 8, 256
 DPO_PAIRS, DPO_PROMPT, DPO_COMPLETION, DPO_BETA = 8, 128, 128, 0.1
 PPO_BATCH, PPO_EPOCHS, PPO_KL_COEF, PPO_CLIP, PPO_VF_COEF, PPO_LR = 8, 4, 0.05, 0.2, 0.1, 1e-5
 MATMUL_SIZE = 2048
+STEP_WARMUPS = 5   # untimed training/reward/DPO steps, both sides (Timing.StepWarmups in the C# runner)
 
 
 class RMSNorm(nn.Module):
@@ -219,7 +220,7 @@ def train(wid, c, dtype, reps):
         opt.zero_grad(set_to_none=True)
         state["loss"] = loss.item()
 
-    run = timed(step, 2, reps)
+    run = timed(step, STEP_WARMUPS, reps)
     tokens = c["batch"] * c["seq"]
     flops = 3 * forward_flops(c, non_embedding(model), tokens, c["seq"])
     return rate(wid, "tokens/s", tokens, run, flops, f"{c['batch']}x{c['seq']}, loss {state['loss']:.3f}")
@@ -281,7 +282,7 @@ def reward(wid, c, dtype, reps):
         opt.zero_grad(set_to_none=True)
         state["loss"] = loss.item()
 
-    run = timed(step, 2, reps)
+    run = timed(step, STEP_WARMUPS, reps)
     tokens = 2 * REWARD_PAIRS * REWARD_LEN
     flops = tokens * (6.0 * non_embedding(model) + 12.0 * c["layers"] * c["hidden"] * REWARD_LEN)
     return rate(wid, "tokens/s", tokens, run, flops, f"{REWARD_PAIRS} pairs x {REWARD_LEN}, loss {state['loss']:.3f}")
@@ -318,7 +319,7 @@ def dpo(wid, c, dtype, reps):
         opt.zero_grad(set_to_none=True)
         state["loss"] = loss.item()
 
-    run = timed(step, 2, reps)
+    run = timed(step, STEP_WARMUPS, reps)
     tokens = 2 * DPO_PAIRS * (length - 1)
     flops = 4 * forward_flops(c, non_embedding(policy), tokens, length - 1)
     return rate(wid, "tokens/s", tokens, run, flops, f"{DPO_PAIRS} pairs x ({DPO_PROMPT}+{DPO_COMPLETION}), policy+reference, loss {state['loss']:.4f}")

@@ -48,7 +48,7 @@ public static class DpoStep
             optimizer.Step(1e-6);
             optimizer.ZeroGrad();
             lastLoss = loss.item<float>();
-        }, warmups: 2, repetitions);
+        }, warmups: Timing.StepWarmups, repetitions);
         long tokens = 2L * Pairs * (length - 1);
         // Policy forward + backward (3 forwards) and the reference forward (1): 4 forward passes.
         double flops = 4 * ModelFlops.Forward(policy.Config, policy.CountParameters().NonEmbedding, tokens, length - 1);

@@ -32,7 +32,7 @@ public static class RewardStep
             optimizer.Step(1e-5);
             optimizer.ZeroGrad();
             lastLoss = loss.item<float>();
-        }, warmups: 2, repetitions);
+        }, warmups: Timing.StepWarmups, repetitions);
         long tokens = 2L * Pairs * Length;
         // The score head (hidden x 1) replaces the LM head: no vocab x hidden term.
         var c = model.Config;

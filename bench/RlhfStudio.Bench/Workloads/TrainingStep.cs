@@ -15,7 +15,7 @@ public static class TrainingStep
     {
         using var model = config.CreateModel(dtype);
         using var trainer = new Trainer(model, Trainer.RandomBatches(config, seed: 11, count: 4));
-        var run = Timing.Run(() => trainer.Step(), warmups: 2, repetitions);
+        var run = Timing.Run(() => trainer.Step(), warmups: Timing.StepWarmups, repetitions);
         long tokens = (long)config.Batch * config.SequenceLength;
         double flops = ModelFlops.Training(model.Config, model.CountParameters().NonEmbedding, tokens, config.SequenceLength);
         return Timing.Rate(id, "tokens/s", tokens, run, flops, notes: $"{config.Batch}x{config.SequenceLength}, loss {trainer.LastLoss:F3}");
