@@ -108,6 +108,23 @@ public class ChartTests : BunitContext
     }
 
     [Fact]
+    public void A_point_without_neighbours_is_drawn_as_a_dot()
+    {
+        // Run #2 has evaluated once: its path alone ("M x,y") would draw nothing.
+        var cut = Render<LineChart>(p => p
+            .Add(c => c.Title, "eval/loss")
+            .Add(c => c.Series, new[]
+            {
+                new ChartSeries("#1", "#3949ab", [(10, 3.6), (20, 3.4)]),
+                new ChartSeries("#2", "#e53935", [(10, 5.4)]),
+            }));
+        var dot = Assert.Single(cut.FindAll("circle.dot"));
+        Assert.Equal("#e53935", dot.GetAttribute("fill"));
+        // Between gaps (a NaN step) too; points with a finite neighbour are on a line already.
+        Assert.Equal([(1.0, 0.0), (3.0, 1.0)], ChartMath.Isolated([(1, 0), (2, double.NaN), (3, 1), (4, double.NaN), (5, 2), (6, 3)]));
+    }
+
+    [Fact]
     public void Line_chart_without_points_says_so()
     {
         var cut = Render<LineChart>(p => p.Add(c => c.Title, "eval/loss"));

@@ -48,6 +48,19 @@ public static class ChartMath
         return ticks;
     }
 
+    /// <summary>The finite points with no finite neighbour (a series' only point, or one between gaps): a path through
+    /// them draws nothing, so the chart marks them with a dot (an evaluation run once so far, say).</summary>
+    public static List<(double X, double Y)> Isolated(IReadOnlyList<(double X, double Y)> points)
+    {
+        var isolated = new List<(double X, double Y)>();
+        for (int i = 0; i < points.Count; i++)
+            if (double.IsFinite(points[i].Y)
+                && (i == 0 || !double.IsFinite(points[i - 1].Y))
+                && (i == points.Count - 1 || !double.IsFinite(points[i + 1].Y)))
+                isolated.Add(points[i]);
+        return isolated;
+    }
+
     /// <summary>The value range of the series, padded by 5% so lines do not touch the frame.</summary>
     public static (double Min, double Max) Range(IEnumerable<double> values)
     {
