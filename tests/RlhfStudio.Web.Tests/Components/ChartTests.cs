@@ -86,6 +86,9 @@ public class ChartTests : BunitContext
         Assert.Equal(2, bins[1].Count); // 12 and 19; 20 falls in [20, 30)
         Assert.All(Histogram.Bins([5, 5, 6], 20, minWidth: 1), b => Assert.True(b.To - b.From >= 1));
         Assert.Empty(Histogram.Bins([]));
+        // Values far larger than the bin width: the first bin's start rounds above the smallest value (index -1 before).
+        foreach (var (lo, hi) in new[] { (7.0534505866436605, 7.0534505866437645), (1510221238395.63, 1510221238395.7131) })
+            Assert.Equal(2, Histogram.Bins([lo, hi], 20).Sum(b => b.Count));
     }
 
     [Fact]

@@ -16,7 +16,8 @@ public static class Histogram
         double start = Math.Floor(min / width) * width;
         int count = Math.Max(1, (int)Math.Floor((max - start) / width) + 1);
         var counts = new int[count];
-        foreach (var v in finite) counts[Math.Min(count - 1, (int)Math.Floor((v - start) / width))]++;
+        // Clamped both ways: at values far larger than the width, start rounds and may land above the smallest value.
+        foreach (var v in finite) counts[Math.Clamp((int)Math.Floor((v - start) / width), 0, count - 1)]++;
         return counts.Select((c, i) => new HistogramBin(start + i * width, start + (i + 1) * width, c)).ToList();
     }
 
