@@ -31,15 +31,15 @@ public sealed record Measurement(
 
 public static class Timing
 {
-    /// <summary>Runs <paramref name="work"/> <paramref name="warmups"/> times untimed, then <paramref name="repetitions"/>
-    /// times timed. A gen-0 collection before each run frees the native Scalars of the previous one (TorchSharp does not
-    /// track them), so runs do not pay for each other's garbage. Returns the seconds of each run and the process's CPU
-    /// share over the timed runs.</summary>
     /// <summary>Untimed steps before a step workload is measured, both sides (bench.py's STEP_WARMUPS): ours reaches its
     /// steady state after ~5 training steps (.NET's tiered JIT promotes the hot managed code, the allocator's first growth),
     /// PyTorch's after one; runs are hundreds of steps, so the steady state is the figure that matters.</summary>
     public const int StepWarmups = 5;
 
+    /// <summary>Runs <paramref name="work"/> <paramref name="warmups"/> times untimed, then <paramref name="repetitions"/>
+    /// times timed. A gen-0 collection before each run frees the native Scalars of the previous one (TorchSharp does not
+    /// track them), so runs do not pay for each other's garbage. Returns the seconds of each run and the process's CPU
+    /// share over the timed runs.</summary>
     public static (List<double> Seconds, double CpuShare, double CpuSeconds) Run(Action work, int warmups, int repetitions)
     {
         for (int i = 0; i < warmups; i++) work();

@@ -226,23 +226,29 @@ def train(wid, c, dtype, reps):
     return rate(wid, "tokens/s", tokens, run, flops, f"{c['batch']}x{c['seq']}, loss {state['loss']:.3f}")
 
 
+def kv_cache(model, b, total, dt):
+    """A preallocated (key, value) cache per layer for b rows of total positions."""
+    return [(torch.zeros(b, model.heads, total, model.head_dim, dtype=dt), torch.zeros(b, model.heads, total, model.head_dim, dtype=dt))
+            for _ in model.layers]
+
+
+def draw(probs, g):
+    """One uniform per row, inverse CDF: the engine's sampler (cheaper than multinomial on CPU)."""
+    cdf = probs.cumsum(-1)
+    u = (1 - torch.rand(probs.shape[0], 1, generator=g)) * cdf[:, -1:]
+    return (cdf < u).sum(-1).clamp_max(probs.shape[-1] - 1)
+
+
 @torch.inference_mode()
 def generate_once(model, ids, dtype, g):
     b = ids.shape[0]
-    total = ids.shape[1] + NEW_TOKENS
-    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    cache = [(torch.zeros(b, model.heads, total, model.head_dim, dtype=dt), torch.zeros(b, model.heads, total, model.head_dim, dtype=dt))
-             for _ in model.layers]
+    cache = kv_cache(model, b, ids.shape[1] + NEW_TOKENS, torch.bfloat16 if dtype == "bf16" else torch.float32)
     out = torch.empty(b, NEW_TOKENS, dtype=torch.long)
     h = model.hidden_states(ids, cache, 0)
     past = ids.shape[1]
     for step in range(NEW_TOKENS):
         logits = model.logits(h[:, -1]).float()                    # (B, V)
-        probs = torch.softmax(logits, dim=-1)
-        # One uniform per row, inverse CDF: the engine's sampler (cheaper than multinomial on CPU).
-        cdf = probs.cumsum(-1)
-        u = (1 - torch.rand(b, 1, generator=g)) * cdf[:, -1:]
-        token = (cdf < u).sum(-1)
+        token = draw(torch.softmax(logits, dim=-1), g)
         out[:, step] = token
         if step == NEW_TOKENS - 1:
             break
@@ -339,9 +345,7 @@ def ppo_sample(model, ids, g):
     """Sampling with a KV cache on the bf16 copy, keeping each sampled token's log-probability and the value of the state
     it was sampled from (the sampling loop's outputs, as TRL's batch_generation keeps its logits): no policy forward later."""
     b, p = ids.shape
-    total = p + NEW_TOKENS
-    cache = [(torch.zeros(b, model.heads, total, model.head_dim, dtype=torch.bfloat16),
-              torch.zeros(b, model.heads, total, model.head_dim, dtype=torch.bfloat16)) for _ in model.layers]
+    cache = kv_cache(model, b, p + NEW_TOKENS, torch.bfloat16)
     tokens = torch.empty(b, NEW_TOKENS, dtype=torch.long)
     logprobs = torch.empty(b, NEW_TOKENS)
     values = torch.empty(b, NEW_TOKENS)
@@ -351,9 +355,7 @@ def ppo_sample(model, ids, g):
         last = h[:, -1]
         lp = model.logits(last).float().log_softmax(-1)            # temperature 1
         values[:, step] = model.v_head(last).float().squeeze(-1)
-        cdf = lp.exp().cumsum(-1)
-        u = (1 - torch.rand(b, 1, generator=g)) * cdf[:, -1:]
-        token = (cdf < u).sum(-1).clamp_max(VOCAB - 1)
+        token = draw(lp.exp(), g)
         tokens[:, step] = token
         logprobs[:, step] = lp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
         if step == NEW_TOKENS - 1:

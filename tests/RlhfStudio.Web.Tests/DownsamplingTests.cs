@@ -43,7 +43,7 @@ public class DownsamplingTests
         finally
         {
             Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-            Directory.Delete(folder, true);
+            StudioProcess.DeleteDataFolder(folder);
         }
     }
 }

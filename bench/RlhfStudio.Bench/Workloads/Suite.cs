@@ -6,7 +6,6 @@ public sealed record WorkloadSpec(string Kind, string Config, string DType)
 {
     public string Id => Kind == "matmul" ? $"matmul-{DType}" : $"{Kind}-{Config}-{DType}";
 
-
     /// <summary>Rows that "best mode" comparisons pick from: the same kind and config, any dtype.</summary>
     public string Family => Kind == "matmul" ? "matmul" : $"{Kind}-{Config}";
 }

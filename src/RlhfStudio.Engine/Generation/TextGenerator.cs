@@ -112,12 +112,6 @@ public static partial class TextGenerator
                 var active = unfinished.clone();
                 next = torch.where(active, next, padTensor);
                 responses.narrow(1, step, 1).copy_(next.unsqueeze(1));
-                if (logProbs is not null && decoder is null)
-                {
-                    var all = F.log_softmax(logits.div(logProbScale), -1);
-                    var chosen = all.gather(1, next.unsqueeze(1)).squeeze(1).masked_fill(active.logical_not(), zero);
-                    logProbs.narrow(1, step, 1).copy_(chosen.unsqueeze(1));
-                }
                 if (readouts is not null && stepReadout is not null)
                 {
                     readouts.narrow(1, step, 1).copy_(stepReadout.masked_fill(active.logical_not(), zero).unsqueeze(1));
@@ -129,9 +123,18 @@ public static partial class TextGenerator
                 // The one host read per step: the new tokens, for streaming, stop strings and the end-of-loop test.
                 var tokens = next.cpu().data<long>().ToArray();
                 var stringStops = host.Record(step, tokens);
-                // On the fused path (AVX-512 CPU) the log-probabilities of the chosen tokens are one kernel pass over the logits.
-                if (logProbs is not null && decoder is not null)
-                    LinearLogProbs.SampledTokens(logits, tokens, host.LastStepActive, settings.LogProbTemperature + LogProbTemperatureEpsilon, logProbs, step);
+                if (logProbs is not null)
+                {
+                    // The chosen tokens' log-probabilities: on the fused path (AVX-512 CPU) one kernel pass over the logits.
+                    if (decoder is not null)
+                        LinearLogProbs.SampledTokens(logits, tokens, host.LastStepActive, settings.LogProbTemperature + LogProbTemperatureEpsilon, logProbs, step);
+                    else
+                    {
+                        var all = F.log_softmax(logits.div(logProbScale), -1);
+                        var chosen = all.gather(1, next.unsqueeze(1)).squeeze(1).masked_fill(active.logical_not(), zero);
+                        logProbs.narrow(1, step, 1).copy_(chosen.unsqueeze(1));
+                    }
+                }
                 if (stringStops.Count > 0)
                 {
                     using var rows = torch.tensor(stringStops.ToArray(), dtype: ScalarType.Int64, device: device);

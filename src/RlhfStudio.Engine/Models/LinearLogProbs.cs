@@ -75,12 +75,17 @@ public static class LinearLogProbs
         var targets = new long[b];
         for (int r = 0; r < b; r++) targets[r] = active[r] ? tokens[r] : LinearCrossEntropy.IgnoreIndex;
         var values = new float[b];
-        var scratch = new float[v];
+        // Pooled: called every decode step, and a vocabulary above ~21k ids would put a fresh row buffer on the large object heap each time.
+        var scratch = System.Buffers.ArrayPool<float>.Shared.Rent((int)v);
         long correct = 0, labelled = 0;
-        fixed (long* t = targets)
-        fixed (float* lp = values, s = scratch)
-            CpuKernels.TokenLogProbRows((byte*)NativeTensors.Data(logits, ScalarType.Float32), bf16: false, (int)v, t, LinearCrossEntropy.IgnoreIndex,
-                (float)divisor, 0, (int)b, lp, null, keepProbabilities: false, s, ref correct, ref labelled);
+        try
+        {
+            fixed (long* t = targets)
+            fixed (float* lp = values, s = scratch)
+                CpuKernels.TokenLogProbRows((byte*)NativeTensors.Data(logits, ScalarType.Float32), bf16: false, (int)v, t, LinearCrossEntropy.IgnoreIndex,
+                    (float)divisor, 0, (int)b, lp, null, keepProbabilities: false, s, ref correct, ref labelled);
+        }
+        finally { System.Buffers.ArrayPool<float>.Shared.Return(scratch); }
         var output = (float*)NativeTensors.Data(into, ScalarType.Float32);
         long stride = into.shape[1];
         for (int r = 0; r < b; r++) output[r * stride + column] = values[r];

@@ -38,7 +38,6 @@ public class RlJobTests
         Assert.Contains(full.Events, e => e.Code == RlSetup.PresetReferenceWarning);
 
         using var dirFolder = new TempDir();
-
         var dir = dirFolder.Path;
         var (cancelled, first) = Run(spec, dir, cancelAfter: 2);
         Assert.Equal(RunEndState.Cancelled, cancelled.State);
@@ -104,7 +103,6 @@ public class RlJobTests
         Assert.Contains(full.Events, e => e.Message.Contains("value head on the policy's trunk"));
 
         using var dirFolder = new TempDir();
-
         var dir = dirFolder.Path;
         var (cancelled, _) = Run(spec, dir, cancelAfter: 2);
         Assert.Equal(RunEndState.Cancelled, cancelled.State);

@@ -28,7 +28,7 @@ public class ChartTests : BunitContext
     }
 
     [Theory]
-    [InlineData(0.105584232754575, 0.105584232754575 + 1e-18)] // below the resolution of the values: the step never moves
+    [InlineData(0.105584232754575, 0.10558423275457501)]       // one ulp apart: the step is far below the values' resolution
     [InlineData(1795433780674.0, 1795433780674.0002)]            // a millisecond timestamp and a sub-ulp spread
     [InlineData(1e-300, 3e-300)]
     [InlineData(-1e308, 1e308)]                                  // the span overflows
