@@ -8,6 +8,8 @@ using RlhfStudio.Bench;
 using RlhfStudio.Bench.Workloads;
 using RlhfStudio.Engine.Runtime;
 
+// Before the first torch call: libgomp reads its spin count when libtorch loads (Runtime/NativeSettings.cs).
+NativeSettings.Apply();
 var options = Options.Parse(args);
 if (options is null) return 2;
 

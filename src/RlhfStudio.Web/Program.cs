@@ -1,5 +1,7 @@
 using RlhfStudio.Web;
 
+// Before any torch call: libgomp reads its spin count when libtorch loads.
+RlhfStudio.Engine.Runtime.NativeSettings.Apply();
 var builder = WebApplication.CreateBuilder(args);
 builder.AddStudioServices();
 

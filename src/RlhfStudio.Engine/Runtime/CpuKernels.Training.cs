@@ -57,7 +57,7 @@ internal static unsafe partial class CpuKernels
             for (i = 0; i < full; i += Lanes)
             {
                 var x = Vector512.Load(scratch + i);
-                var e = Vector512.Exp(x - shift);
+                var e = Exp(x - shift);
                 e.Store(scratch + i);
                 sumVector += e;
                 if (entropy != null) weightedVector = Vector512.FusedMultiplyAdd(e, x, weightedVector);

@@ -297,7 +297,7 @@ internal static unsafe partial class CpuKernels
         int i = 0;
         for (; i + Lanes <= n; i += Lanes)
         {
-            var e = Vector512.Exp(Vector512.Load(v + i) - s);
+            var e = Exp(Vector512.Load(v + i) - s);
             e.Store(v + i);
             total += e;
         }
@@ -317,7 +317,7 @@ internal static unsafe partial class CpuKernels
         for (int i = 0; i < n; i += Lanes)
         {
             var g = Vector512.Load(gate + i);
-            (g / (Vector512<float>.One + Vector512.Exp(-g)) * Vector512.Load(up + i)).Store(y + i);
+            (g / (Vector512<float>.One + Exp(-g)) * Vector512.Load(up + i)).Store(y + i);
         }
     }
 }

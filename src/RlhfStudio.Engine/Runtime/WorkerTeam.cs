@@ -37,8 +37,7 @@ internal sealed class WorkerTeam : IDisposable
     public int Size { get; }
 
     /// <summary>Splits [0, <paramref name="count"/>) into up to <paramref name="threads"/> contiguous ranges and runs
-    /// <paramref name="body"/>(start, end, part) for each on a team made for the call (for work of milliseconds: a
-    /// team costs ~0.1 ms to start).</summary>
+    /// <paramref name="body"/>(start, end, part) for each on a pooled team (one no other caller is using).</summary>
     public static void ForRanges(int count, int threads, Action<int, int, int> body)
     {
         int parts = Math.Clamp(threads, 1, Math.Max(1, count));
@@ -48,13 +47,34 @@ internal sealed class WorkerTeam : IDisposable
             return;
         }
         int chunk = (count + parts - 1) / parts;
-        using var team = new WorkerTeam(parts);
-        team.Run(part =>
+        var team = Rent(parts);
+        try
         {
-            int start = part * chunk, end = Math.Min(count, start + chunk);
-            if (start < end) body(start, end, part);
-        });
+            team.Run(part =>
+            {
+                int start = part * chunk, end = Math.Min(count, start + chunk);
+                if (start < end) body(start, end, part);
+            });
+        }
+        finally { Return(team); }
     }
+
+    // Teams for ForRanges, kept between calls: a new team starts threads (stacks to map and fault in), ~0.1-0.3 ms, and
+    // the kernels that use ForRanges run several times per layer. Idle helpers sleep, so pooled teams cost no CPU.
+    private static readonly System.Collections.Concurrent.ConcurrentBag<WorkerTeam> Pool = [];
+
+    private static WorkerTeam Rent(int size)
+    {
+        // A team of another size goes back; the pool holds few teams (one per concurrent caller and size).
+        for (int tries = Pool.Count; tries > 0 && Pool.TryTake(out var team); tries--)
+        {
+            if (team.Size == size) return team;
+            Pool.Add(team);
+        }
+        return new WorkerTeam(size);
+    }
+
+    private static void Return(WorkerTeam team) => Pool.Add(team);
 
     /// <summary>Runs <paramref name="work"/>(i) for i = 0 .. Size - 1, i = 0 on the calling thread, and returns when all
     /// are done; an exception in any of them is rethrown here.</summary>

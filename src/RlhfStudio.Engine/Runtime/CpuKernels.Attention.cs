@@ -1,0 +1,370 @@
+// Attention over whole sequences (training forwards and backwards, scoring forwards) as one kernel per (sequence, head):
+// scores, softmax, the value product and, backward, every gradient, in fp32 on matrices that stay in cache, with causal
+// attention computing only the lower triangle. It replaces transformers' eager attention (two bf16 batched matmuls
+// over the full square, a fp32 cast, scale, mask fill, softmax and cast back, each a pass over a (B, nh, T, T) tensor,
+// plus the contiguous copies of transposed q, k, v and their backwards).
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace RlhfStudio.Engine.Runtime;
+
+/// <summary>A (B, heads, T, hs) tensor in place: element (b, h, t, d) at Data + b*SB + h*SH + t*ST + d elements
+/// (d contiguous), fp32 or bf16.</summary>
+internal readonly unsafe struct HeadsView(void* data, bool bf16, long sb, long sh, long st)
+{
+    public readonly byte* Data = (byte*)data;
+    public readonly bool Bf16 = bf16;
+    public readonly long SB = sb, SH = sh, ST = st;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public byte* Row(int b, int h, int t) => Data + (b * SB + h * SH + t * ST) * (Bf16 ? 2 : 4);
+}
+
+internal static unsafe partial class CpuKernels
+{
+    /// <summary>Which part of a product a causal pattern lets a block of rows [i0, i1) skip.</summary>
+    private enum Causal
+    {
+        /// <summary>Every column and every k.</summary>
+        None,
+        /// <summary>Columns beyond the block's last row (rounded up to a vector) are skipped: scores Q K^T, dO V^T.</summary>
+        Columns,
+        /// <summary>k beyond the block's last row is skipped (A is lower triangular): P V, dS K.</summary>
+        KEnd,
+        /// <summary>k before the block's first row is skipped (A is upper triangular): P^T dO, dS^T Q.</summary>
+        KStart,
+    }
+
+    /// <summary>Floats of scratch one thread needs for sequences of <paramref name="t"/> tokens and heads <paramref name="hs"/> wide.</summary>
+    public static long AttentionScratchFloats(int t, int hs)
+    {
+        long tp = Padded(t);
+        return 8L * tp * hs + 3L * tp * tp;
+    }
+
+    private static int Padded(int t) => (t + Lanes - 1) / Lanes * Lanes;
+
+    /// <summary>Forward of softmax(q k^T / sqrt(hs) + mask) v for the (sequence, query head) items [w0, w1) of b x nh:
+    /// writes y (B, T, nh, hs) and, when <paramref name="logSumExp"/> is given, each query row's log-sum-exp of its
+    /// scaled scores (B, nh, T) for the backward. k and v have kvh = nh / groups heads. Either
+    /// <paramref name="causal"/> (key j visible to query i when j &lt;= i) or <paramref name="mask"/> (bytes, (B or 1,
+    /// T, T), nonzero = visible; <paramref name="maskBatchStride"/> 0 when shared) or neither; every query must see at
+    /// least one key. <paramref name="scratch"/>: <see cref="AttentionScratchFloats"/>, 64-byte aligned.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void AttentionForward(in HeadsView q, in HeadsView k, in HeadsView v, int heads, int groups, int t, int hs, bool causal,
+        byte* mask, long maskBatchStride, in HeadsView y, float* logSumExp, int w0, int w1, float* scratch)
+    {
+        int tp = Padded(t);
+        float scale = 1f / MathF.Sqrt(hs);
+        float* qs = scratch, kt = qs + tp * hs, vv = kt + tp * hs, o = vv + tp * hs, p = o + tp * hs;
+        var mode = causal ? Causal.Columns : Causal.None;
+        for (int w = w0; w < w1; w++)
+        {
+            int b = w / heads, h = w % heads, kvh = h / groups;
+            LoadRows(q, b, h, t, tp, hs, scale, qs);
+            LoadTransposed(k, b, kvh, t, tp, hs, kt);
+            LoadRows(v, b, kvh, t, tp, hs, 1f, vv);
+            Gemm(qs, hs, kt, tp, p, tp, tp, tp, hs, mode, accumulate: false);            // S = (Q / sqrt(hs)) K^T
+            byte* m = mask == null ? null : mask + b * maskBatchStride;
+            for (int i = 0; i < tp; i++)
+            {
+                float lse = SoftmaxRow(p + (long)i * tp, i, t, tp, causal, m == null ? null : m + (long)i * t);
+                if (logSumExp != null && i < t) logSumExp[(long)w * t + i] = lse;
+            }
+            Gemm(p, tp, vv, hs, o, hs, tp, hs, t, causal ? Causal.KEnd : Causal.None, accumulate: false);   // O = P V
+            for (int i = 0; i < t; i++) StoreRow(o + (long)i * hs, y.Row(b, h, i), hs, y.Bf16);
+        }
+    }
+
+    /// <summary>Backward of <see cref="AttentionForward"/> for the (sequence, kv head) items [w0, w1) of b x kvh: from dy
+    /// (B, nh, T, hs) and the forward's log-sum-exps, writes dq (B, nh, T, hs), dk and dv (B, kvh, T, hs), the
+    /// gradients of every query head of the group summed into its kv head.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void AttentionBackward(in HeadsView q, in HeadsView k, in HeadsView v, in HeadsView dy, float* logSumExp, int heads, int groups,
+        int t, int hs, bool causal, byte* mask, long maskBatchStride, in HeadsView dq, in HeadsView dk, in HeadsView dv, int w0, int w1, float* scratch)
+    {
+        int tp = Padded(t);
+        float scale = 1f / MathF.Sqrt(hs);
+        long block = (long)tp * hs;
+        float* qs = scratch, kk = qs + block, kt = kk + block, vt = kt + block, dO = vt + block, dQ = dO + block, dK = dQ + block, dV = dK + block;
+        float* p = dV + block, ds = p + (long)tp * tp, tr = ds + (long)tp * tp;
+        int kvHeads = heads / groups;
+        var columns = causal ? Causal.Columns : Causal.None;
+        for (int w = w0; w < w1; w++)
+        {
+            int b = w / kvHeads, kvh = w % kvHeads;
+            LoadRows(k, b, kvh, t, tp, hs, 1f, kk);
+            LoadTransposed(k, b, kvh, t, tp, hs, kt);
+            LoadTransposed(v, b, kvh, t, tp, hs, vt);
+            new Span<float>(dK, 2 * (int)block).Clear();   // dK and dV, adjacent
+            byte* m = mask == null ? null : mask + b * maskBatchStride;
+            for (int h = kvh * groups; h < (kvh + 1) * groups; h++)
+            {
+                LoadRows(q, b, h, t, tp, hs, scale, qs);
+                LoadRows(dy, b, h, t, tp, hs, 1f, dO);
+                float* lse = logSumExp + ((long)b * heads + h) * t;
+                Gemm(qs, hs, kt, tp, p, tp, tp, tp, hs, columns, accumulate: false);     // S again
+                Gemm(dO, hs, vt, tp, ds, tp, tp, tp, hs, columns, accumulate: false);    // dP = dO V^T
+                for (int i = 0; i < tp; i++)
+                    ProbabilityAndScoreGradientRow(p + (long)i * tp, ds + (long)i * tp, i, t, tp, causal, m == null ? null : m + (long)i * t, i < t ? lse[i] : 0f);
+                Transpose(p, tr, tp);
+                Gemm(tr, tp, dO, hs, dV, hs, tp, hs, t, causal ? Causal.KStart : Causal.None, accumulate: true);   // dV += P^T dO
+                Gemm(ds, tp, kk, hs, dQ, hs, tp, hs, t, causal ? Causal.KEnd : Causal.None, accumulate: false);    // dQ = dS K (x scale below)
+                Transpose(ds, tr, tp);
+                Gemm(tr, tp, qs, hs, dK, hs, tp, hs, t, causal ? Causal.KStart : Causal.None, accumulate: true);   // dK += dS^T (Q scale)
+                var s = Vector512.Create(scale);
+                for (int i = 0; i < t; i++)
+                {
+                    float* row = dQ + (long)i * hs;
+                    for (int d = 0; d < hs; d += Lanes) (Vector512.Load(row + d) * s).Store(row + d);
+                    StoreRow(row, dq.Row(b, h, i), hs, dq.Bf16);
+                }
+            }
+            for (int j = 0; j < t; j++)
+            {
+                StoreRow(dK + (long)j * hs, dk.Row(b, kvh, j), hs, dk.Bf16);
+                StoreRow(dV + (long)j * hs, dv.Row(b, kvh, j), hs, dv.Bf16);
+            }
+        }
+    }
+
+    /// <summary>Row i of the scores in place to probabilities (0 for hidden keys and padding columns); returns the
+    /// log-sum-exp. Padding rows (i >= t) become zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float SoftmaxRow(float* row, int i, int t, int tp, bool causal, byte* maskRow)
+    {
+        if (i >= t)
+        {
+            new Span<float>(row, tp).Clear();
+            return 0f;
+        }
+        int end = causal ? i + 1 : t;
+        if (maskRow != null)
+            for (int j = 0; j < end; j++)
+                if (maskRow[j] == 0) row[j] = float.NegativeInfinity;
+        float max = float.NegativeInfinity;
+        int j0 = 0, full = end / Lanes * Lanes;
+        var maxVector = Vector512.Create(float.NegativeInfinity);
+        for (; j0 < full; j0 += Lanes) maxVector = Vector512.Max(maxVector, Vector512.Load(row + j0));
+        max = HorizontalMax(maxVector);
+        for (int j = full; j < end; j++) max = MathF.Max(max, row[j]);
+        var shift = Vector512.Create(max);
+        var sumVector = Vector512<float>.Zero;
+        for (int j = 0; j < full; j += Lanes)
+        {
+            var e = Exp(Vector512.Load(row + j) - shift);
+            e.Store(row + j);
+            sumVector += e;
+        }
+        float sum = Vector512.Sum(sumVector);
+        for (int j = full; j < end; j++)
+        {
+            float e = MathF.Exp(row[j] - max);
+            row[j] = e;
+            sum += e;
+        }
+        var inverse = Vector512.Create(1f / sum);
+        for (int j = 0; j < full; j += Lanes) (Vector512.Load(row + j) * inverse).Store(row + j);
+        for (int j = full; j < end; j++) row[j] /= sum;
+        new Span<float>(row + end, tp - end).Clear();
+        return max + MathF.Log(sum);
+    }
+
+    /// <summary>Backward rows: p (scores in) to probabilities exp(s - lse), ds (dP in) to dS = P (dP - sum_j P dP), zero
+    /// for hidden keys, padding columns and padding rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ProbabilityAndScoreGradientRow(float* p, float* ds, int i, int t, int tp, bool causal, byte* maskRow, float lse)
+    {
+        if (i >= t)
+        {
+            new Span<float>(p, tp).Clear();
+            new Span<float>(ds, tp).Clear();
+            return;
+        }
+        int end = causal ? i + 1 : t;
+        int full = end / Lanes * Lanes;
+        if (maskRow != null)
+            for (int j = 0; j < end; j++)
+                if (maskRow[j] == 0) p[j] = float.NegativeInfinity;
+        var shift = Vector512.Create(lse);
+        var dotVector = Vector512<float>.Zero;
+        for (int j = 0; j < full; j += Lanes)
+        {
+            var e = Exp(Vector512.Load(p + j) - shift);
+            e.Store(p + j);
+            dotVector = Vector512.FusedMultiplyAdd(e, Vector512.Load(ds + j), dotVector);
+        }
+        float dot = Vector512.Sum(dotVector);
+        for (int j = full; j < end; j++)
+        {
+            float e = MathF.Exp(p[j] - lse);
+            p[j] = e;
+            dot += e * ds[j];
+        }
+        var d = Vector512.Create(dot);
+        for (int j = 0; j < full; j += Lanes) (Vector512.Load(p + j) * (Vector512.Load(ds + j) - d)).Store(ds + j);
+        for (int j = full; j < end; j++) ds[j] = p[j] * (ds[j] - dot);
+        new Span<float>(p + end, tp - end).Clear();
+        new Span<float>(ds + end, tp - end).Clear();
+    }
+
+    /// <summary>Rows 0..t-1 of head (b, h) into a (tp, hs) fp32 block times <paramref name="factor"/>; padding rows zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadRows(in HeadsView x, int b, int h, int t, int tp, int hs, float factor, float* into)
+    {
+        var f = Vector512.Create(factor);
+        for (int i = 0; i < t; i++)
+        {
+            byte* row = x.Row(b, h, i);
+            float* target = into + (long)i * hs;
+            for (int d = 0; d < hs; d += Lanes) ((x.Bf16 ? Bf16.Load(row, d) : F32.Load(row, d)) * f).Store(target + d);
+        }
+        new Span<float>(into + (long)t * hs, (tp - t) * hs).Clear();
+    }
+
+    /// <summary>Head (b, h) transposed into an (hs, tp) fp32 block; padding columns zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadTransposed(in HeadsView x, int b, int h, int t, int tp, int hs, float* into)
+    {
+        for (int j = 0; j < t; j++)
+        {
+            byte* row = x.Row(b, h, j);
+            if (x.Bf16)
+                for (int d = 0; d < hs; d++) into[(long)d * tp + j] = Bf16.At(row, d);
+            else
+                for (int d = 0; d < hs; d++) into[(long)d * tp + j] = F32.At(row, d);
+        }
+        for (int d = 0; d < hs; d++) new Span<float>(into + (long)d * tp + t, tp - t).Clear();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow(float* row, byte* target, int hs, bool bf16)
+    {
+        for (int d = 0; d < hs; d += Lanes)
+        {
+            if (bf16) StoreBf16(Vector512.Load(row + d), (ushort*)target + d);
+            else Vector512.Load(row + d).Store((float*)target + d);
+        }
+    }
+
+    /// <summary>A square (n, n) fp32 block transposed, 16 x 16 tiles at a time.</summary>
+    private static void Transpose(float* from, float* to, int n)
+    {
+        for (int i0 = 0; i0 < n; i0 += Lanes)
+            for (int j0 = 0; j0 < n; j0 += Lanes)
+                for (int i = i0; i < i0 + Lanes; i++)
+                {
+                    float* source = from + (long)i * n + j0;
+                    for (int j = 0; j < Lanes; j++) to[(long)(j0 + j) * n + i] = source[j];
+                }
+    }
+
+    /// <summary>C (m, n) = (or +=) A (m, kn) B (kn, n), all fp32 row-major; n a multiple of 16, m and kn multiples of 16
+    /// or not (rows in blocks of 4 then 1). <paramref name="causal"/> names the triangle of a row block it may skip.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Gemm(float* a, int lda, float* b, int ldb, float* c, int ldc, int m, int n, int kn, Causal causal, bool accumulate)
+    {
+        for (int i0 = 0; i0 < m; i0 += 4)
+        {
+            int rows = Math.Min(4, m - i0), i1 = i0 + rows;
+            int nEnd = causal == Causal.Columns ? Math.Min(n, (i1 + Lanes - 1) / Lanes * Lanes) : n;
+            int k0 = causal == Causal.KStart ? Math.Min(i0, kn) : 0;
+            int k1 = causal == Causal.KEnd ? Math.Min(i1, kn) : kn;
+            float* arow = a + (long)i0 * lda, crow = c + (long)i0 * ldc;
+            int j = 0;
+            if (rows == 4)
+            {
+                for (; j + 4 * Lanes <= nEnd; j += 4 * Lanes) Tile4x4(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
+                for (; j < nEnd; j += Lanes) Tile4x1(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
+            }
+            else
+                for (int r = 0; r < rows; r++)
+                    for (int jj = 0; jj < nEnd; jj += Lanes) Tile4x1Row(arow + (long)r * lda, b + jj, ldb, crow + (long)r * ldc + jj, k0, k1, accumulate);
+            if (causal == Causal.Columns && nEnd < n)
+                for (int r = 0; r < rows; r++) new Span<float>(crow + (long)r * ldc + nEnd, n - nEnd).Clear();
+        }
+    }
+
+    // 4 rows of A x 4 vectors of B: 16 accumulators, per k 4 vector loads and 4 broadcasts for 16 FMAs.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile4x4(float* a, int lda, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
+    {
+        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda;
+        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default,
+            c10 = default, c11 = default, c12 = default, c13 = default,
+            c20 = default, c21 = default, c22 = default, c23 = default,
+            c30 = default, c31 = default, c32 = default, c33 = default;
+        for (int kk = k0; kk < k1; kk++)
+        {
+            float* br = b + (long)kk * ldb;
+            var b0 = Vector512.Load(br);
+            var b1 = Vector512.Load(br + Lanes);
+            var b2 = Vector512.Load(br + 2 * Lanes);
+            var b3 = Vector512.Load(br + 3 * Lanes);
+            var x = Vector512.Create(a[kk]);
+            c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            c02 = Vector512.FusedMultiplyAdd(x, b2, c02); c03 = Vector512.FusedMultiplyAdd(x, b3, c03);
+            x = Vector512.Create(a1[kk]);
+            c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            c12 = Vector512.FusedMultiplyAdd(x, b2, c12); c13 = Vector512.FusedMultiplyAdd(x, b3, c13);
+            x = Vector512.Create(a2[kk]);
+            c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            c22 = Vector512.FusedMultiplyAdd(x, b2, c22); c23 = Vector512.FusedMultiplyAdd(x, b3, c23);
+            x = Vector512.Create(a3[kk]);
+            c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+            c32 = Vector512.FusedMultiplyAdd(x, b2, c32); c33 = Vector512.FusedMultiplyAdd(x, b3, c33);
+        }
+        Put(c, c00, accumulate); Put(c + Lanes, c01, accumulate); Put(c + 2 * Lanes, c02, accumulate); Put(c + 3 * Lanes, c03, accumulate);
+        c += ldc;
+        Put(c, c10, accumulate); Put(c + Lanes, c11, accumulate); Put(c + 2 * Lanes, c12, accumulate); Put(c + 3 * Lanes, c13, accumulate);
+        c += ldc;
+        Put(c, c20, accumulate); Put(c + Lanes, c21, accumulate); Put(c + 2 * Lanes, c22, accumulate); Put(c + 3 * Lanes, c23, accumulate);
+        c += ldc;
+        Put(c, c30, accumulate); Put(c + Lanes, c31, accumulate); Put(c + 2 * Lanes, c32, accumulate); Put(c + 3 * Lanes, c33, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile4x1(float* a, int lda, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
+    {
+        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int kk = k0; kk < k1; kk++)
+        {
+            var bv = Vector512.Load(b + (long)kk * ldb);
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[kk]), bv, c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a1[kk]), bv, c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a2[kk]), bv, c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[kk]), bv, c3);
+        }
+        Put(c, c0, accumulate); Put(c + ldc, c1, accumulate); Put(c + 2 * ldc, c2, accumulate); Put(c + 3 * ldc, c3, accumulate);
+    }
+
+    private static void Tile4x1Row(float* a, float* b, int ldb, float* c, int k0, int k1, bool accumulate)
+    {
+        var acc = Vector512<float>.Zero;
+        for (int kk = k0; kk < k1; kk++) acc = Vector512.FusedMultiplyAdd(Vector512.Create(a[kk]), Vector512.Load(b + (long)kk * ldb), acc);
+        Put(c, acc, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Put(float* c, Vector512<float> value, bool accumulate) => (accumulate ? Vector512.Load(c) + value : value).Store(c);
+
+    [ThreadStatic] private static nint _scratch;
+    [ThreadStatic] private static long _scratchFloats;
+
+    /// <summary>This thread's 64-byte aligned native scratch of at least <paramref name="floats"/> floats, kept for the
+    /// next call on the thread (kernels run on pooled WorkerTeam threads; a fresh block per call was page faults each
+    /// time). Valid until the thread asks for more.</summary>
+    public static float* ThreadScratch(long floats)
+    {
+        if (_scratchFloats < floats)
+        {
+            if (_scratch != 0) NativeMemory.AlignedFree((void*)_scratch);
+            _scratch = 0;
+            _scratch = (nint)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
+            _scratchFloats = floats;
+        }
+        return (float*)_scratch;
+    }
+}

@@ -1,0 +1,106 @@
+using RlhfStudio.Engine.Models;
+using RlhfStudio.Engine.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace RlhfStudio.Engine.Tests.Models;
+
+/// <summary>Attention through the CPU kernels (AttentionFunction) against libtorch's scaled_dot_product_attention on
+/// repeated kv heads: output and the gradients of q, k and v, causal, masked and unmasked, grouped kv heads, sequence
+/// lengths that are and are not multiples of the vector width, q/k/v as strided views of one projection output.</summary>
+public class AttentionKernelTests
+{
+    private sealed record Outputs(Tensor Y, Tensor Dq, Tensor Dk, Tensor Dv);
+
+    /// <summary>q, k, v as views into one (B, T, nh + 2 kvh, hs) tensor, as the fused q/k/v projection gives them.</summary>
+    private static Outputs Run(Tensor qkv0, int heads, int kvHeads, Tensor upstream, Tensor? mask, bool causal, bool kernel)
+    {
+        var qkv = qkv0.detach().clone().requires_grad_(true);
+        var q = qkv.narrow(2, 0, heads).transpose(1, 2);
+        var k = qkv.narrow(2, heads, kvHeads).transpose(1, 2);
+        var v = qkv.narrow(2, heads + kvHeads, kvHeads).transpose(1, 2);
+        Tensor y;   // (B, T, nh, hs)
+        if (kernel)
+        {
+            Assert.True(AttentionFunction.Covers(q, k, v, mask));
+            y = AttentionFunction.Apply(q, k, v, mask, causal);
+        }
+        else
+        {
+            long groups = heads / kvHeads;
+            y = F.scaled_dot_product_attention(q, Trunk.RepeatKv(k, groups), Trunk.RepeatKv(v, groups), attn_mask: mask, is_casual: causal).transpose(1, 2);
+        }
+        (y.to(ScalarType.Float32) * upstream).sum().backward();
+        var grad = qkv.grad!.to(ScalarType.Float32);
+        return new Outputs(y.detach().to(ScalarType.Float32), grad.narrow(2, 0, heads), grad.narrow(2, heads, kvHeads), grad.narrow(2, heads + kvHeads, kvHeads));
+    }
+
+    [Theory]
+    [InlineData(ScalarType.Float32, 2, 4, 4, 37, "causal")]
+    [InlineData(ScalarType.Float32, 3, 4, 2, 64, "causal")]    // grouped kv heads
+    [InlineData(ScalarType.Float32, 2, 2, 1, 23, "mask")]      // left padding: per-sequence key mask with the causal pattern
+    [InlineData(ScalarType.Float32, 2, 2, 2, 19, "none")]
+    [InlineData(ScalarType.Float32, 1, 2, 2, 1, "causal")]     // a single token
+    [InlineData(ScalarType.BFloat16, 2, 4, 2, 70, "causal")]
+    [InlineData(ScalarType.BFloat16, 2, 2, 2, 33, "mask")]
+    public void The_kernels_give_sdpa_outputs_and_gradients(ScalarType dtype, int batch, int heads, int kvHeads, int length, string pattern)
+    {
+        if (!CpuKernels.IsSupported) return;   // the kernels are not used on this CPU
+        using var scope = NewDisposeScope();
+        const int HeadSize = 32;
+        var gen = new Generator(21);
+        var qkv = (torch.randn([batch, length, heads + 2 * kvHeads, HeadSize], generator: gen) * 1.5).to(dtype);
+        var upstream = torch.randn([batch, length, heads, HeadSize], generator: gen);
+        Tensor? mask = null;
+        bool causal = pattern == "causal";
+        if (pattern == "mask")
+        {
+            // The first sequence left-padded by 3 tokens, the rest not: built as the trunk builds it.
+            var attention = torch.ones([batch, length], dtype: ScalarType.Int64);
+            attention[0, TensorIndex.Slice(0, 3)] = torch.zeros(3, dtype: ScalarType.Int64);
+            mask = AttentionInputs.Build(attention, 0, length, torch.CPU).Mask;
+        }
+        var fused = Run(qkv, heads, kvHeads, upstream, mask, causal, kernel: true);
+        var reference = Run(qkv, heads, kvHeads, upstream, mask, causal, kernel: false);
+        // fp32: summation order only. bf16: the kernels keep scores and probabilities in fp32 where libtorch rounds
+        // them to bf16 between its ops, so the two differ by a few bf16 steps.
+        double tolerance = dtype == ScalarType.Float32 ? 2e-5 : 3e-2;
+        foreach (var (name, a, r) in new[] { ("y", fused.Y, reference.Y), ("dq", fused.Dq, reference.Dq), ("dk", fused.Dk, reference.Dk), ("dv", fused.Dv, reference.Dv) })
+        {
+            Assert.False(a.isnan().any().item<bool>(), $"{name} has NaN");
+            // Relative to the larger of the reference's magnitude and 1 (a single token's dq is zero up to rounding).
+            double diff = TestModels.MaxDiff(a, r) / Math.Max(1.0, r.abs().max().item<float>());
+            Assert.True(diff < tolerance, $"{dtype} {pattern} {name}: relative difference {diff}");
+        }
+    }
+
+    [Fact]
+    public void A_forward_without_gradients_keeps_nothing_for_backward_and_gives_the_same_output()
+    {
+        if (!CpuKernels.IsSupported) return;
+        using var scope = NewDisposeScope();
+        var gen = new Generator(3);
+        var q = torch.randn([2, 2, 40, 16], generator: gen);
+        var k = torch.randn([2, 2, 40, 16], generator: gen);
+        var v = torch.randn([2, 2, 40, 16], generator: gen);
+        Tensor y;
+        using (torch.no_grad()) y = AttentionFunction.Apply(q, k, v, null, true);
+        Assert.False(y.requires_grad);
+        var reference = F.scaled_dot_product_attention(q, k, v, is_casual: true).transpose(1, 2);
+        Assert.True(TestModels.MaxRel(y, reference) < 2e-5);
+    }
+
+    [Fact]
+    public void Shapes_the_kernels_do_not_take_are_left_to_libtorch()
+    {
+        using var scope = NewDisposeScope();
+        var q = torch.randn([1, 2, 8, 16]);
+        Assert.False(AttentionFunction.Covers(q, torch.randn([1, 2, 9, 16]), torch.randn([1, 2, 9, 16]), null));   // keys != queries (a cache)
+        Assert.False(AttentionFunction.Covers(torch.randn([1, 2, 8, 12]), torch.randn([1, 2, 8, 12]), torch.randn([1, 2, 8, 12]), null));   // hs not a multiple of 16
+        Assert.False(AttentionFunction.Covers(q, torch.randn([1, 3, 8, 16]), torch.randn([1, 3, 8, 16]), null));   // 2 heads over 3 kv heads
+        Assert.False(AttentionFunction.Covers(q.to(ScalarType.Float64), torch.randn([1, 2, 8, 16], dtype: ScalarType.Float64), torch.randn([1, 2, 8, 16], dtype: ScalarType.Float64), null));
+        Assert.False(AttentionFunction.Covers(q, q, q, torch.ones([1, 1, 8, 8])));   // a float mask
+        Assert.False(AttentionFunction.Covers(torch.randn([1, 2, 16, 8]).transpose(2, 3), q, q, null));   // head dimension not contiguous
+    }
+}
