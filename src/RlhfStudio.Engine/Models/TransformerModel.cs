@@ -15,9 +15,6 @@ public sealed record ParameterCounts(long Total, long Trainable, long Embedding)
 
 public abstract class TransformerModel : nn.Module
 {
-    // Large tensors churn through malloc every step; see NativeAllocator for why freed blocks are kept.
-    static TransformerModel() => RlhfStudio.Engine.Runtime.NativeSettings.Apply();
-
     protected TransformerModel(string name, ModelConfig config, ScalarType dtype, Device? device) : base(name)
     {
         RegisterComponents();   // see Trunk.cs: children are registered explicitly under their HF names

@@ -124,17 +124,13 @@ public abstract class Trunk : nn.Module
             }
         }
         // Whole sequences on a CPU (training, scoring, a prompt without a cache): the attention kernels, kv heads read in place.
-        if (cache is null && UseAttentionKernels && AttentionFunction.Covers(q, k, v, mask))
+        if (cache is null && AttentionFunction.Covers(q, k, v, mask))
             return AttentionFunction.Apply(q, k, v, mask, isCausal).transpose(1, 2);
         if (q.dtype == ScalarType.BFloat16 && q.shape[2] > 1 && k.shape[2] <= EagerAttentionMaxKeys)
             return EagerAttention(q, RepeatKv(k, groups), RepeatKv(v, groups), mask, isCausal);
         // SDPA here has no GQA: give every query head its own copy of its kv head.
         return F.scaled_dot_product_attention(q, RepeatKv(k, groups), RepeatKv(v, groups), attn_mask: mask, is_casual: isCausal);   // scale 1/sqrt(hs)
     }
-
-    /// <summary>false = libtorch's attention even where <see cref="AttentionFunction"/> covers the operands (the reference
-    /// path for tests and the profile; process-wide).</summary>
-    internal static bool UseAttentionKernels { get; set; } = true;
 
     /// <summary>Up to this many keys, bf16 attention over several queries runs as <see cref="EagerAttention"/> (its
     /// (B, nh, T, S) fp32 scores are kept for backward: 8 MB a layer at 8 x 4 heads x 256^2).</summary>

@@ -143,11 +143,10 @@ internal static unsafe partial class CpuKernels
         if (maskRow != null)
             for (int j = 0; j < end; j++)
                 if (maskRow[j] == 0) row[j] = float.NegativeInfinity;
-        float max = float.NegativeInfinity;
-        int j0 = 0, full = end / Lanes * Lanes;
+        int full = end / Lanes * Lanes;
         var maxVector = Vector512.Create(float.NegativeInfinity);
-        for (; j0 < full; j0 += Lanes) maxVector = Vector512.Max(maxVector, Vector512.Load(row + j0));
-        max = HorizontalMax(maxVector);
+        for (int j = 0; j < full; j += Lanes) maxVector = Vector512.Max(maxVector, Vector512.Load(row + j));
+        float max = HorizontalMax(maxVector);
         for (int j = full; j < end; j++) max = MathF.Max(max, row[j]);
         var shift = Vector512.Create(max);
         var sumVector = Vector512<float>.Zero;
@@ -260,29 +259,23 @@ internal static unsafe partial class CpuKernels
                 }
     }
 
-    /// <summary>C (m, n) = (or +=) A (m, kn) B (kn, n), all fp32 row-major; n a multiple of 16, m and kn multiples of 16
-    /// or not (rows in blocks of 4 then 1). <paramref name="causal"/> names the triangle of a row block it may skip.</summary>
+    /// <summary>C (m, n) = (or +=) A (m, kn) B (kn, n), all fp32 row-major; m and n multiples of 16 (the padded blocks),
+    /// kn any. <paramref name="causal"/> names the triangle of a row block it may skip.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Gemm(float* a, int lda, float* b, int ldb, float* c, int ldc, int m, int n, int kn, Causal causal, bool accumulate)
     {
         for (int i0 = 0; i0 < m; i0 += 4)
         {
-            int rows = Math.Min(4, m - i0), i1 = i0 + rows;
+            int i1 = i0 + 4;
             int nEnd = causal == Causal.Columns ? Math.Min(n, (i1 + Lanes - 1) / Lanes * Lanes) : n;
             int k0 = causal == Causal.KStart ? Math.Min(i0, kn) : 0;
             int k1 = causal == Causal.KEnd ? Math.Min(i1, kn) : kn;
             float* arow = a + (long)i0 * lda, crow = c + (long)i0 * ldc;
             int j = 0;
-            if (rows == 4)
-            {
-                for (; j + 4 * Lanes <= nEnd; j += 4 * Lanes) Tile4x4(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
-                for (; j < nEnd; j += Lanes) Tile4x1(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
-            }
-            else
-                for (int r = 0; r < rows; r++)
-                    for (int jj = 0; jj < nEnd; jj += Lanes) Tile4x1Row(arow + (long)r * lda, b + jj, ldb, crow + (long)r * ldc + jj, k0, k1, accumulate);
+            for (; j + 4 * Lanes <= nEnd; j += 4 * Lanes) Tile4x4(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
+            for (; j < nEnd; j += Lanes) Tile4x1(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
             if (causal == Causal.Columns && nEnd < n)
-                for (int r = 0; r < rows; r++) new Span<float>(crow + (long)r * ldc + nEnd, n - nEnd).Clear();
+                for (int r = 0; r < 4; r++) new Span<float>(crow + (long)r * ldc + nEnd, n - nEnd).Clear();
         }
     }
 
@@ -338,13 +331,6 @@ internal static unsafe partial class CpuKernels
             c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[kk]), bv, c3);
         }
         Put(c, c0, accumulate); Put(c + ldc, c1, accumulate); Put(c + 2 * ldc, c2, accumulate); Put(c + 3 * ldc, c3, accumulate);
-    }
-
-    private static void Tile4x1Row(float* a, float* b, int ldb, float* c, int k0, int k1, bool accumulate)
-    {
-        var acc = Vector512<float>.Zero;
-        for (int kk = k0; kk < k1; kk++) acc = Vector512.FusedMultiplyAdd(Vector512.Create(a[kk]), Vector512.Load(b + (long)kk * ldb), acc);
-        Put(c, acc, accumulate);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

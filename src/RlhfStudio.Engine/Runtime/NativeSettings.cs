@@ -9,8 +9,9 @@ namespace RlhfStudio.Engine.Runtime;
 /// thread keeps the second core busy while our own kernels (RMSNorm, attention, the head's row passes, the fused decode)
 /// want both cores for their WorkerTeam: measured on the tiny bf16 training step, 205-231 ms best with the default
 /// against 176-186 ms with GOMP_SPINCOUNT=10000 (1,000: 188; 30,000: 177-185). libgomp reads the variable once, when it
-/// loads, so it is set (unless the user set it) before the first torch call: by the engine's module initializer,
-/// and by <see cref="Apply"/> for hosts that call TorchSharp before touching the engine.</summary>
+/// loads, so it is set (unless the user set it or OMP_WAIT_POLICY) before the first torch call: by the engine's module
+/// initializer, which runs before any engine type is used, and by <see cref="Apply"/> for hosts that may call TorchSharp
+/// before touching the engine.</summary>
 public static class NativeSettings
 {
     /// <summary>The spin count set when the environment names none (~0.2 ms of spinning).</summary>
@@ -18,8 +19,8 @@ public static class NativeSettings
 
     private static int _applied;
 
-    /// <summary>Whether GOMP_SPINCOUNT was already in the environment of this process when the engine looked, as
-    /// opposed to set by it (null: not applied yet, or not Linux).</summary>
+    /// <summary>Whether the user chose libgomp's waiting (GOMP_SPINCOUNT or OMP_WAIT_POLICY in the environment when the
+    /// engine looked), so the engine set nothing (null: not applied yet, or not Linux).</summary>
     public static bool? SpinCountFromUser { get; private set; }
 
     [ModuleInitializer]
