@@ -166,8 +166,9 @@ public static class Rotary
 }
 
 /// <summary>Rotary tables for one forward, shaped (B, T, 1, hs) to broadcast over heads in (B, T, n, hs) layout:
-/// cos, and sin with its first half negated (see <see cref="Rotary.Apply(Tensor, RotaryTables)"/>).</summary>
-internal readonly record struct RotaryTables(Tensor Cos, Tensor SinSigned)
+/// cos, and sin with its first half negated (see <see cref="Rotary.Apply(Tensor, RotaryTables)"/>), in the compute dtype;
+/// and, when known, the same in fp32 as (B, T, hs) contiguous for the attention kernels, which rotate in fp32.</summary>
+internal readonly record struct RotaryTables(Tensor Cos, Tensor SinSigned, Tensor? Cos32 = null, Tensor? SinSigned32 = null)
 {
     /// <summary>From cos/sin (B, T, hs) as <see cref="Rotary.CosSin"/> returns them (new tensors in the current scope).</summary>
     public static RotaryTables From(Tensor cos, Tensor sin)
@@ -199,9 +200,10 @@ internal sealed class RotaryCache : IDisposable
         Tables(maxPosition + 1);
         long b = positions.shape[0], n = positions.shape[1], hs = _cos!.shape[1];
         var index = positions.reshape(-1);
-        var cos = _cos.index_select(0, index).view(b, n, 1, hs);
-        var sin = _sinSigned!.index_select(0, index).view(b, n, 1, hs);
-        return dtype == ScalarType.Float32 ? new RotaryTables(cos, sin) : new RotaryTables(cos.to(dtype), sin.to(dtype));
+        var cos32 = _cos.index_select(0, index).view(b, n, hs);
+        var sin32 = _sinSigned!.index_select(0, index).view(b, n, hs);
+        var (cos, sin) = (cos32.unsqueeze(2), sin32.unsqueeze(2));
+        return dtype == ScalarType.Float32 ? new RotaryTables(cos, sin, cos32, sin32) : new RotaryTables(cos.to(dtype), sin.to(dtype), cos32, sin32);
     }
 
     /// <summary>The whole tables (N, hs) fp32, grown first to at least <paramref name="length"/> positions.</summary>

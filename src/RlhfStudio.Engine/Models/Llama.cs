@@ -51,6 +51,12 @@ public sealed class LlamaAttention : nn.Module, IInferenceWeights
             // One matmul for q, k and v (the weights concatenated row-wise), rotary on q and k heads together.
             var input = x.dtype == w.dtype ? x : x.to(w.dtype);
             var qkv = F.linear(input, w, bias).view(b, t, _heads + 2 * _kvHeads, _headDim);   // (B, T, nh + 2kvh, hs)
+            if (cache is null && rope.Cos32 is { } cos32 && AttentionFunction.CoversPacked(qkv, _heads, _kvHeads, cos32, rope.SinSigned32!, mask))
+            {
+                // Whole sequences on a CPU: rotary and attention in the kernels, straight from the projection output.
+                var attended = AttentionFunction.ApplyPacked(qkv, _heads, _kvHeads, cos32, rope.SinSigned32!, mask, isCausal);   // (B, T, nh, hs)
+                return o_proj.forward(attended.view(b, t, _heads * _headDim)).MoveToOuterDisposeScope();
+            }
             var qk = Rotary.Apply(qkv.narrow(2, 0, _heads + _kvHeads), rope);                // (B, T, nh + kvh, hs)
             q = qk.narrow(2, 0, _heads).transpose(1, 2);                                        // (B, nh, T, hs)
             k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);                                 // (B, kvh, T, hs)

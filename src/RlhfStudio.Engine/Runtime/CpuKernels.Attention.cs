@@ -21,6 +21,16 @@ internal readonly unsafe struct HeadsView(void* data, bool bf16, long sb, long s
     public byte* Row(int b, int h, int t) => Data + (b * SB + h * SH + t * ST) * (Bf16 ? 2 : 4);
 }
 
+/// <summary>Rotary tables applied inside the attention kernels: cos and signed sin (see RotaryTables) fp32, hs per
+/// position, position t of sequence b at b * BatchStride + t * hs (BatchStride 0 when the sequences share positions).
+/// A null Cos means no rotary: q and k are used as they are.</summary>
+internal readonly unsafe struct RopeView(float* cos, float* sinSigned, long batchStride)
+{
+    public readonly float* Cos = cos, SinSigned = sinSigned;
+    public readonly long BatchStride = batchStride;
+    public bool IsNone => Cos == null;
+}
+
 internal static unsafe partial class CpuKernels
 {
     /// <summary>Which part of a product a causal pattern lets a block of rows [i0, i1) skip.</summary>
@@ -52,8 +62,8 @@ internal static unsafe partial class CpuKernels
     /// T, T), nonzero = visible; <paramref name="maskBatchStride"/> 0 when shared) or neither; every query must see at
     /// least one key. <paramref name="scratch"/>: <see cref="AttentionScratchFloats"/>, 64-byte aligned.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AttentionForward(in HeadsView q, in HeadsView k, in HeadsView v, int heads, int groups, int t, int hs, bool causal,
-        byte* mask, long maskBatchStride, in HeadsView y, float* logSumExp, int w0, int w1, float* scratch)
+    public static void AttentionForward(in HeadsView q, in HeadsView k, in HeadsView v, in RopeView rope, int heads, int groups, int t, int hs,
+        bool causal, byte* mask, long maskBatchStride, in HeadsView y, float* logSumExp, int w0, int w1, float* scratch)
     {
         int tp = Padded(t);
         float scale = 1f / MathF.Sqrt(hs);
@@ -62,9 +72,9 @@ internal static unsafe partial class CpuKernels
         for (int w = w0; w < w1; w++)
         {
             int b = w / heads, h = w % heads, kvh = h / groups;
-            LoadRows(q, b, h, t, tp, hs, scale, qs);
-            LoadTransposed(k, b, kvh, t, tp, hs, kt);
-            LoadRows(v, b, kvh, t, tp, hs, 1f, vv);
+            LoadRows(q, rope, b, h, t, tp, hs, scale, qs);
+            LoadTransposed(k, rope, b, kvh, t, tp, hs, kt);
+            LoadRows(v, default, b, kvh, t, tp, hs, 1f, vv);
             Gemm(qs, hs, kt, tp, p, tp, tp, tp, hs, mode, accumulate: false);            // S = (Q / sqrt(hs)) K^T
             byte* m = mask == null ? null : mask + b * maskBatchStride;
             for (int i = 0; i < tp; i++)
@@ -81,8 +91,8 @@ internal static unsafe partial class CpuKernels
     /// (B, nh, T, hs) and the forward's log-sum-exps, writes dq (B, nh, T, hs), dk and dv (B, kvh, T, hs), the
     /// gradients of every query head of the group summed into its kv head.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AttentionBackward(in HeadsView q, in HeadsView k, in HeadsView v, in HeadsView dy, float* logSumExp, int heads, int groups,
-        int t, int hs, bool causal, byte* mask, long maskBatchStride, in HeadsView dq, in HeadsView dk, in HeadsView dv, int w0, int w1, float* scratch)
+    public static void AttentionBackward(in HeadsView q, in HeadsView k, in HeadsView v, in RopeView rope, in HeadsView dy, float* logSumExp,
+        int heads, int groups, int t, int hs, bool causal, byte* mask, long maskBatchStride, in HeadsView dq, in HeadsView dk, in HeadsView dv, int w0, int w1, float* scratch)
     {
         int tp = Padded(t);
         float scale = 1f / MathF.Sqrt(hs);
@@ -94,15 +104,15 @@ internal static unsafe partial class CpuKernels
         for (int w = w0; w < w1; w++)
         {
             int b = w / kvHeads, kvh = w % kvHeads;
-            LoadRows(k, b, kvh, t, tp, hs, 1f, kk);
-            LoadTransposed(k, b, kvh, t, tp, hs, kt);
-            LoadTransposed(v, b, kvh, t, tp, hs, vt);
+            LoadRows(k, rope, b, kvh, t, tp, hs, 1f, kk);
+            LoadTransposed(k, rope, b, kvh, t, tp, hs, kt);
+            LoadTransposed(v, default, b, kvh, t, tp, hs, vt);
             new Span<float>(dK, 2 * (int)block).Clear();   // dK and dV, adjacent
             byte* m = mask == null ? null : mask + b * maskBatchStride;
             for (int h = kvh * groups; h < (kvh + 1) * groups; h++)
             {
-                LoadRows(q, b, h, t, tp, hs, scale, qs);
-                LoadRows(dy, b, h, t, tp, hs, 1f, dO);
+                LoadRows(q, rope, b, h, t, tp, hs, scale, qs);
+                LoadRows(dy, default, b, h, t, tp, hs, 1f, dO);
                 float* lse = logSumExp + ((long)b * heads + h) * t;
                 Gemm(qs, hs, kt, tp, p, tp, tp, tp, hs, columns, accumulate: false);     // S again
                 Gemm(dO, hs, vt, tp, ds, tp, tp, tp, hs, columns, accumulate: false);    // dP = dO V^T
@@ -118,12 +128,12 @@ internal static unsafe partial class CpuKernels
                 {
                     float* row = dQ + (long)i * hs;
                     for (int d = 0; d < hs; d += Lanes) (Vector512.Load(row + d) * s).Store(row + d);
-                    StoreRow(row, dq.Row(b, h, i), hs, dq.Bf16);
+                    StoreGradientRow(row, rope, b, i, dq.Row(b, h, i), hs, dq.Bf16);
                 }
             }
             for (int j = 0; j < t; j++)
             {
-                StoreRow(dK + (long)j * hs, dk.Row(b, kvh, j), hs, dk.Bf16);
+                StoreGradientRow(dK + (long)j * hs, rope, b, j, dk.Row(b, kvh, j), hs, dk.Bf16);
                 StoreRow(dV + (long)j * hs, dv.Row(b, kvh, j), hs, dv.Bf16);
             }
         }
@@ -208,33 +218,83 @@ internal static unsafe partial class CpuKernels
         new Span<float>(ds + end, tp - end).Clear();
     }
 
-    /// <summary>Rows 0..t-1 of head (b, h) into a (tp, hs) fp32 block times <paramref name="factor"/>; padding rows zero.</summary>
+    /// <summary>Rows 0..t-1 of head (b, h), rotated by <paramref name="rope"/> unless it is none, into a (tp, hs) fp32 block
+    /// times <paramref name="factor"/>; padding rows zero.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadRows(in HeadsView x, int b, int h, int t, int tp, int hs, float factor, float* into)
+    private static void LoadRows(in HeadsView x, in RopeView rope, int b, int h, int t, int tp, int hs, float factor, float* into)
     {
         var f = Vector512.Create(factor);
         for (int i = 0; i < t; i++)
         {
             byte* row = x.Row(b, h, i);
             float* target = into + (long)i * hs;
-            for (int d = 0; d < hs; d += Lanes) ((x.Bf16 ? Bf16.Load(row, d) : F32.Load(row, d)) * f).Store(target + d);
+            if (!rope.IsNone) LoadRotated(row, x.Bf16, rope, b, i, hs, factor, target);
+            else
+                for (int d = 0; d < hs; d += Lanes) ((x.Bf16 ? Bf16.Load(row, d) : F32.Load(row, d)) * f).Store(target + d);
         }
         new Span<float>(into + (long)t * hs, (tp - t) * hs).Clear();
     }
 
-    /// <summary>Head (b, h) transposed into an (hs, tp) fp32 block; padding columns zero.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadTransposed(in HeadsView x, int b, int h, int t, int tp, int hs, float* into)
+    /// <summary>Head (b, h), rotated by <paramref name="rope"/> unless it is none, transposed into an (hs, tp) fp32 block;
+    /// padding columns zero.</summary>
+    private static void LoadTransposed(in HeadsView x, in RopeView rope, int b, int h, int t, int tp, int hs, float* into)
     {
+        float* rotated = stackalloc float[hs];
         for (int j = 0; j < t; j++)
         {
             byte* row = x.Row(b, h, j);
-            if (x.Bf16)
+            if (!rope.IsNone)
+            {
+                LoadRotated(row, x.Bf16, rope, b, j, hs, 1f, rotated);
+                for (int d = 0; d < hs; d++) into[(long)d * tp + j] = rotated[d];
+            }
+            else if (x.Bf16)
                 for (int d = 0; d < hs; d++) into[(long)d * tp + j] = Bf16.At(row, d);
             else
                 for (int d = 0; d < hs; d++) into[(long)d * tp + j] = F32.At(row, d);
         }
         for (int d = 0; d < hs; d++) new Span<float>(into + (long)d * tp + t, tp - t).Clear();
+    }
+
+    /// <summary>factor * (x cos + roll(x, hs/2) sinSigned) of one head vector at position t of sequence b: the rotary
+    /// embedding in fp32 (hs/2 a multiple of the vector width).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadRotated(byte* row, bool bf16, in RopeView rope, int b, int t, int hs, float factor, float* target)
+    {
+        int half = hs / 2;
+        long offset = b * rope.BatchStride + (long)t * hs;
+        float* cos = rope.Cos + offset, sin = rope.SinSigned + offset;
+        var f = Vector512.Create(factor);
+        for (int d = 0; d < hs; d += Lanes)
+        {
+            int partner = d < half ? d + half : d - half;
+            var x = bf16 ? Bf16.Load(row, d) : F32.Load(row, d);
+            var rolled = bf16 ? Bf16.Load(row, partner) : F32.Load(row, partner);
+            (Vector512.FusedMultiplyAdd(x, Vector512.Load(cos + d), rolled * Vector512.Load(sin + d)) * f).Store(target + d);
+        }
+    }
+
+    /// <summary>Stores the gradient of a rotated head vector (position t of sequence b) as the gradient of the vector before
+    /// the rotation, g cos + roll(g sinSigned, hs/2) (the rotation's transpose), or as it is when <paramref name="rope"/>
+    /// is none.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreGradientRow(float* g, in RopeView rope, int b, int t, byte* target, int hs, bool bf16)
+    {
+        if (rope.IsNone)
+        {
+            StoreRow(g, target, hs, bf16);
+            return;
+        }
+        int half = hs / 2;
+        long offset = b * rope.BatchStride + (long)t * hs;
+        float* cos = rope.Cos + offset, sin = rope.SinSigned + offset;
+        for (int d = 0; d < hs; d += Lanes)
+        {
+            int partner = d < half ? d + half : d - half;
+            var value = Vector512.FusedMultiplyAdd(Vector512.Load(g + d), Vector512.Load(cos + d), Vector512.Load(g + partner) * Vector512.Load(sin + partner));
+            if (bf16) StoreBf16(value, (ushort*)target + d);
+            else value.Store((float*)target + d);
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -13,23 +13,35 @@ public class AttentionKernelTests
 {
     private sealed record Outputs(Tensor Y, Tensor Dq, Tensor Dk, Tensor Dv);
 
-    /// <summary>q, k, v as views into one (B, T, nh + 2 kvh, hs) tensor, as the fused q/k/v projection gives them.</summary>
-    private static Outputs Run(Tensor qkv0, int heads, int kvHeads, Tensor upstream, Tensor? mask, bool causal, bool kernel)
+    /// <summary>q, k, v as views into one (B, T, nh + 2 kvh, hs) tensor, as the fused q/k/v projection gives them; with
+    /// <paramref name="rope"/> q and k rotated first (libtorch's rotary ops, or inside the kernels when packed).</summary>
+    private static Outputs Run(Tensor qkv0, int heads, int kvHeads, Tensor upstream, Tensor? mask, bool causal, string path, RotaryTables? rope = null)
     {
         var qkv = qkv0.detach().clone().requires_grad_(true);
-        var q = qkv.narrow(2, 0, heads).transpose(1, 2);
-        var k = qkv.narrow(2, heads, kvHeads).transpose(1, 2);
-        var v = qkv.narrow(2, heads + kvHeads, kvHeads).transpose(1, 2);
         Tensor y;   // (B, T, nh, hs)
-        if (kernel)
+        if (path == "packed")
         {
-            Assert.True(AttentionFunction.Covers(q, k, v, mask));
-            y = AttentionFunction.Apply(q, k, v, mask, causal);
+            var tables = rope!.Value;
+            Assert.True(AttentionFunction.CoversPacked(qkv, heads, kvHeads, tables.Cos32!, tables.SinSigned32!, mask));
+            y = AttentionFunction.ApplyPacked(qkv, heads, kvHeads, tables.Cos32!, tables.SinSigned32!, mask, causal);
         }
         else
         {
-            long groups = heads / kvHeads;
-            y = F.scaled_dot_product_attention(q, Trunk.RepeatKv(k, groups), Trunk.RepeatKv(v, groups), attn_mask: mask, is_casual: causal).transpose(1, 2);
+            var qk = qkv.narrow(2, 0, heads + kvHeads);
+            if (rope is { } tables) qk = Rotary.Apply(qk, tables);
+            var q = qk.narrow(2, 0, heads).transpose(1, 2);
+            var k = qk.narrow(2, heads, kvHeads).transpose(1, 2);
+            var v = qkv.narrow(2, heads + kvHeads, kvHeads).transpose(1, 2);
+            if (path == "kernel")
+            {
+                Assert.True(AttentionFunction.Covers(q, k, v, mask));
+                y = AttentionFunction.Apply(q, k, v, mask, causal);
+            }
+            else
+            {
+                long groups = heads / kvHeads;
+                y = F.scaled_dot_product_attention(q, Trunk.RepeatKv(k, groups), Trunk.RepeatKv(v, groups), attn_mask: mask, is_casual: causal).transpose(1, 2);
+            }
         }
         (y.to(ScalarType.Float32) * upstream).sum().backward();
         var grad = qkv.grad!.to(ScalarType.Float32);
@@ -37,14 +49,21 @@ public class AttentionKernelTests
     }
 
     [Theory]
-    [InlineData(ScalarType.Float32, 2, 4, 4, 37, "causal")]
-    [InlineData(ScalarType.Float32, 3, 4, 2, 64, "causal")]    // grouped kv heads
-    [InlineData(ScalarType.Float32, 2, 2, 1, 23, "mask")]      // left padding: per-sequence key mask with the causal pattern
-    [InlineData(ScalarType.Float32, 2, 2, 2, 19, "none")]
-    [InlineData(ScalarType.Float32, 1, 2, 2, 1, "causal")]     // a single token
-    [InlineData(ScalarType.BFloat16, 2, 4, 2, 70, "causal")]
-    [InlineData(ScalarType.BFloat16, 2, 2, 2, 33, "mask")]
-    public void The_kernels_give_sdpa_outputs_and_gradients(ScalarType dtype, int batch, int heads, int kvHeads, int length, string pattern)
+    [InlineData(ScalarType.Float32, 2, 4, 4, 37, "causal", false)]
+    [InlineData(ScalarType.Float32, 3, 4, 2, 64, "causal", false)]    // grouped kv heads
+    [InlineData(ScalarType.Float32, 2, 2, 1, 23, "mask", false)]      // left padding: per-sequence key mask with the causal pattern
+    [InlineData(ScalarType.Float32, 2, 2, 2, 19, "none", false)]
+    [InlineData(ScalarType.Float32, 1, 2, 2, 1, "causal", false)]     // a single token
+    [InlineData(ScalarType.BFloat16, 2, 4, 2, 70, "causal", false)]
+    [InlineData(ScalarType.BFloat16, 2, 2, 2, 33, "mask", false)]
+    // Packed q/k/v with the rotary embedding inside the kernels, against libtorch's rotary ops and SDPA.
+    [InlineData(ScalarType.Float32, 2, 4, 4, 37, "causal", true)]
+    [InlineData(ScalarType.Float32, 3, 4, 2, 64, "causal", true)]
+    [InlineData(ScalarType.Float32, 2, 2, 1, 23, "mask", true)]       // left-padded positions: per-sequence tables
+    [InlineData(ScalarType.Float32, 1, 2, 2, 1, "causal", true)]
+    [InlineData(ScalarType.BFloat16, 2, 4, 2, 70, "causal", true)]
+    [InlineData(ScalarType.BFloat16, 2, 2, 2, 33, "mask", true)]
+    public void The_kernels_give_sdpa_outputs_and_gradients(ScalarType dtype, int batch, int heads, int kvHeads, int length, string pattern, bool packed)
     {
         if (!CpuKernels.IsSupported) return;   // the kernels are not used on this CPU
         using var scope = NewDisposeScope();
@@ -52,26 +71,34 @@ public class AttentionKernelTests
         var gen = new Generator(21);
         var qkv = (torch.randn([batch, length, heads + 2 * kvHeads, HeadSize], generator: gen) * 1.5).to(dtype);
         var upstream = torch.randn([batch, length, heads, HeadSize], generator: gen);
-        Tensor? mask = null;
+        Tensor? mask = null, attention = null;
         bool causal = pattern == "causal";
         if (pattern == "mask")
         {
             // The first sequence left-padded by 3 tokens, the rest not: built as the trunk builds it.
-            var attention = torch.ones([batch, length], dtype: ScalarType.Int64);
+            attention = torch.ones([batch, length], dtype: ScalarType.Int64);
             attention[0, TensorIndex.Slice(0, 3)] = torch.zeros(3, dtype: ScalarType.Int64);
             mask = AttentionInputs.Build(attention, 0, length, torch.CPU).Mask;
         }
-        var fused = Run(qkv, heads, kvHeads, upstream, mask, causal, kernel: true);
-        var reference = Run(qkv, heads, kvHeads, upstream, mask, causal, kernel: false);
-        // fp32: summation order only. bf16: the kernels keep scores and probabilities in fp32 where libtorch rounds
-        // them to bf16 between its ops, so the two differ by a few bf16 steps.
+        RotaryTables? rope = null;
+        if (packed)
+        {
+            // Positions as the trunk derives them (left padding shifts the first sequence's), tables as the model looks them up.
+            var positions = AttentionInputs.PositionIds(attention, batch, 0, length, torch.CPU);
+            using var cache = new RotaryCache(Rotary.InverseFrequencies(HeadSize, 10000, null), length);
+            rope = cache.Lookup(positions, length - 1, dtype);   // gathered copies: they outlive the cache
+        }
+        var fused = Run(qkv, heads, kvHeads, upstream, mask, causal, packed ? "packed" : "kernel", rope);
+        var reference = Run(qkv, heads, kvHeads, upstream, mask, causal, "sdpa", rope);
+        // fp32: summation order only. bf16: the kernels keep scores and probabilities (and the rotation) in fp32 where
+        // libtorch rounds them to bf16 between its ops, so the two differ by a few bf16 steps.
         double tolerance = dtype == ScalarType.Float32 ? 2e-5 : 3e-2;
         foreach (var (name, a, r) in new[] { ("y", fused.Y, reference.Y), ("dq", fused.Dq, reference.Dq), ("dk", fused.Dk, reference.Dk), ("dv", fused.Dv, reference.Dv) })
         {
             Assert.False(a.isnan().any().item<bool>(), $"{name} has NaN");
             // Relative to the larger of the reference's magnitude and 1 (a single token's dq is zero up to rounding).
             double diff = TestModels.MaxDiff(a, r) / Math.Max(1.0, r.abs().max().item<float>());
-            Assert.True(diff < tolerance, $"{dtype} {pattern} {name}: relative difference {diff}");
+            Assert.True(diff < tolerance, $"{dtype} {pattern} packed={packed} {name}: relative difference {diff}");
         }
     }
 
@@ -102,5 +129,12 @@ public class AttentionKernelTests
         Assert.False(AttentionFunction.Covers(q.to(ScalarType.Float64), torch.randn([1, 2, 8, 16], dtype: ScalarType.Float64), torch.randn([1, 2, 8, 16], dtype: ScalarType.Float64), null));
         Assert.False(AttentionFunction.Covers(q, q, q, torch.ones([1, 1, 8, 8])));   // a float mask
         Assert.False(AttentionFunction.Covers(torch.randn([1, 2, 16, 8]).transpose(2, 3), q, q, null));   // head dimension not contiguous
+        // Packed q/k/v with rotary tables: the head size must pair vectors half a head apart, the tables must be fp32.
+        var cos = torch.randn([1, 8, 32]);
+        Assert.True(AttentionFunction.CoversPacked(torch.randn([1, 8, 4, 32]), 2, 1, cos, cos, null));
+        Assert.False(AttentionFunction.CoversPacked(torch.randn([1, 8, 4, 16]), 2, 1, torch.randn([1, 8, 16]), torch.randn([1, 8, 16]), null));
+        Assert.False(AttentionFunction.CoversPacked(torch.randn([1, 8, 4, 32]), 2, 1, cos.to(ScalarType.BFloat16), cos, null));
+        Assert.False(AttentionFunction.CoversPacked(torch.randn([1, 8, 5, 32]), 2, 1, cos, cos, null));   // not nh + 2 kvh heads
+        Assert.False(AttentionFunction.CoversPacked(torch.randn([1, 8, 4, 32]), 2, 1, torch.randn([1, 7, 32]), torch.randn([1, 7, 32]), null));
     }
 }
