@@ -14,13 +14,16 @@ public static class Activations
 
     public static Func<Tensor, Tensor>? Find(string name) => name switch
     {
-        "silu" or "swish" => x => F.silu(x),
+        _ when IsSilu(name) => x => F.silu(x),
         "gelu" => x => F.gelu(x),
         // gelu_new is 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))): the same function as torch's tanh approximation.
         "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => x => F.gelu(x, GELU.Approximate.tanh),
         "relu" => x => F.relu(x),
         _ => null,
     };
+
+    /// <summary>Whether <paramref name="name"/> is SiLU (x sigmoid(x)), the activation of SwiGLU MLPs.</summary>
+    public static bool IsSilu(string name) => name is "silu" or "swish";
 
     public static Func<Tensor, Tensor> Get(string name) =>
         Find(name) ?? throw new NotSupportedException($"activation \"{name}\" is not supported");

@@ -153,6 +153,7 @@ internal static class FusedWeights
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IInferenceWeights
 {
     private readonly Func<Tensor, Tensor> _act;
+    private readonly bool _silu;
     private readonly long _intermediate;
     private Tensor? _inferenceGateUp, _inferenceGateUpBias;   // fused gate/up copies inside an inference-weights scope
     public Projection gate_proj { get; }
@@ -163,6 +164,7 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IInferenceWeights
     {
         RegisterComponents();   // before any field is set: see Trunk.cs
         _act = Activations.Get(c.HiddenAct);
+        _silu = Activations.IsSilu(c.HiddenAct);
         _intermediate = c.IntermediateSize;
         gate_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype, device);
         up_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype, device);
@@ -181,6 +183,8 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IInferenceWeights
         {
             var input = x.dtype == w.dtype ? x : x.to(w.dtype);
             var gateUp = F.linear(input, w, bias);                         // (B, T, 2 * intermediate)
+            if (_silu && SwiGluFunction.Covers(gateUp))
+                return down_proj.forward(SwiGluFunction.Apply(gateUp)).MoveToOuterDisposeScope();   // one kernel pass each way
             gate = gateUp.narrow(-1, 0, _intermediate);
             up = gateUp.narrow(-1, _intermediate, _intermediate);
         }

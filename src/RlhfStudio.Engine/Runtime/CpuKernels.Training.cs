@@ -228,3 +228,61 @@ internal static unsafe partial class CpuKernels
         return rounded.AsSingle();
     }
 }
+
+internal static unsafe partial class CpuKernels
+{
+    /// <summary>The SwiGLU product of rows [r0, r1) of <paramref name="gateUp"/> (rows of 2 x <paramref name="inter"/>:
+    /// the gate then the up projection, fp32 or bf16): h = silu(gate) * up = gate * sigmoid(gate) * up, computed in fp32
+    /// and rounded once to the rows' dtype, into <paramref name="h"/> (rows of inter). inter: a multiple of 16.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void SwiGluRows(byte* gateUp, bool bf16, int inter, int r0, int r1, byte* h)
+    {
+        int size = bf16 ? 2 : 4;
+        for (int r = r0; r < r1; r++)
+        {
+            byte* row = gateUp + (long)r * 2 * inter * size, up = row + (long)inter * size, target = h + (long)r * inter * size;
+            for (int i = 0; i < inter; i += Lanes)
+            {
+                var g = bf16 ? Bf16.Load(row, i) : F32.Load(row, i);
+                var u = bf16 ? Bf16.Load(up, i) : F32.Load(up, i);
+                var y = g / (Vector512<float>.One + Exp(-g)) * u;
+                if (bf16) StoreBf16(y, (ushort*)target + i);
+                else y.Store((float*)target + i);
+            }
+        }
+    }
+
+    /// <summary>Backward of <see cref="SwiGluRows"/>: from dh (rows of inter) writes d(gateUp) (rows of 2 x inter):
+    /// d gate = dh * up * sigmoid(g) (1 + g (1 - sigmoid(g))), d up = dh * silu(g), in fp32, rounded once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void SwiGluBackwardRows(byte* gateUp, byte* dh, bool bf16, int inter, int r0, int r1, byte* dGateUp)
+    {
+        int size = bf16 ? 2 : 4;
+        var one = Vector512<float>.One;
+        for (int r = r0; r < r1; r++)
+        {
+            long offset = (long)r * 2 * inter * size;
+            byte* row = gateUp + offset, up = row + (long)inter * size, dRow = dGateUp + offset, dUp = dRow + (long)inter * size;
+            byte* gradient = dh + (long)r * inter * size;
+            for (int i = 0; i < inter; i += Lanes)
+            {
+                var g = bf16 ? Bf16.Load(row, i) : F32.Load(row, i);
+                var u = bf16 ? Bf16.Load(up, i) : F32.Load(up, i);
+                var d = bf16 ? Bf16.Load(gradient, i) : F32.Load(gradient, i);
+                var s = one / (one + Exp(-g));
+                var dGate = d * u * s * Vector512.FusedMultiplyAdd(g, one - s, one);
+                var dU = d * g * s;
+                if (bf16)
+                {
+                    StoreBf16(dGate, (ushort*)dRow + i);
+                    StoreBf16(dU, (ushort*)dUp + i);
+                }
+                else
+                {
+                    dGate.Store((float*)dRow + i);
+                    dU.Store((float*)dUp + i);
+                }
+            }
+        }
+    }
+}
