@@ -6,6 +6,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace RlhfStudio.Engine.Runtime;
 
@@ -50,7 +51,7 @@ internal static unsafe partial class CpuKernels
     public static long AttentionScratchFloats(int t, int hs)
     {
         long tp = Padded(t);
-        return 8L * tp * hs + 3L * tp * tp;
+        return 8L * tp * hs + 2L * tp * tp;
     }
 
     private static int Padded(int t) => (t + Lanes - 1) / Lanes * Lanes;
@@ -98,7 +99,7 @@ internal static unsafe partial class CpuKernels
         float scale = 1f / MathF.Sqrt(hs);
         long block = (long)tp * hs;
         float* qs = scratch, kk = qs + block, kt = kk + block, vt = kt + block, dO = vt + block, dQ = dO + block, dK = dQ + block, dV = dK + block;
-        float* p = dV + block, ds = p + (long)tp * tp, tr = ds + (long)tp * tp;
+        float* p = dV + block, ds = p + (long)tp * tp;
         int kvHeads = heads / groups;
         var columns = causal ? Causal.Columns : Causal.None;
         for (int w = w0; w < w1; w++)
@@ -118,11 +119,9 @@ internal static unsafe partial class CpuKernels
                 Gemm(dO, hs, vt, tp, ds, tp, tp, tp, hs, columns, accumulate: false);    // dP = dO V^T
                 for (int i = 0; i < tp; i++)
                     ProbabilityAndScoreGradientRow(p + (long)i * tp, ds + (long)i * tp, i, t, tp, causal, m == null ? null : m + (long)i * t, i < t ? lse[i] : 0f);
-                Transpose(p, tr, tp);
-                Gemm(tr, tp, dO, hs, dV, hs, tp, hs, t, causal ? Causal.KStart : Causal.None, accumulate: true);   // dV += P^T dO
-                Gemm(ds, tp, kk, hs, dQ, hs, tp, hs, t, causal ? Causal.KEnd : Causal.None, accumulate: false);    // dQ = dS K (x scale below)
-                Transpose(ds, tr, tp);
-                Gemm(tr, tp, qs, hs, dK, hs, tp, hs, t, causal ? Causal.KStart : Causal.None, accumulate: true);   // dK += dS^T (Q scale)
+                Gemm(p, tp, dO, hs, dV, hs, tp, hs, t, causal ? Causal.KStart : Causal.None, accumulate: true, transposeA: true);    // dV += P^T dO
+                Gemm(ds, tp, kk, hs, dQ, hs, tp, hs, t, causal ? Causal.KEnd : Causal.None, accumulate: false);                      // dQ = dS K (x scale below)
+                Gemm(ds, tp, qs, hs, dK, hs, tp, hs, t, causal ? Causal.KStart : Causal.None, accumulate: true, transposeA: true);   // dK += dS^T (Q scale)
                 var s = Vector512.Create(scale);
                 for (int i = 0; i < t; i++)
                 {
@@ -236,25 +235,80 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>Head (b, h), rotated by <paramref name="rope"/> unless it is none, transposed into an (hs, tp) fp32 block;
-    /// padding columns zero.</summary>
+    /// padding columns zero. 16 rows at a time: loaded as vectors, transposed 16 x 16 in registers, stored as whole
+    /// vectors (one cache line each) where a scalar scatter wrote hs lines per row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void LoadTransposed(in HeadsView x, in RopeView rope, int b, int h, int t, int tp, int hs, float* into)
     {
-        float* rotated = stackalloc float[hs];
-        for (int j = 0; j < t; j++)
+        float* rows = stackalloc float[Lanes * hs + Lanes];
+        rows = (float*)(((nint)rows + 63) & ~(nint)63);
+        var block = stackalloc Vector512<float>[Lanes];
+        for (int j0 = 0; j0 < tp; j0 += Lanes)
         {
-            byte* row = x.Row(b, h, j);
-            if (!rope.IsNone)
+            for (int r = 0; r < Lanes; r++)
             {
-                LoadRotated(row, x.Bf16, rope, b, j, hs, 1f, rotated);
-                for (int d = 0; d < hs; d++) into[(long)d * tp + j] = rotated[d];
+                int j = j0 + r;
+                float* target = rows + r * hs;
+                if (j >= t) new Span<float>(target, hs).Clear();
+                else if (!rope.IsNone) LoadRotated(x.Row(b, h, j), x.Bf16, rope, b, j, hs, 1f, target);
+                else
+                {
+                    byte* row = x.Row(b, h, j);
+                    for (int d = 0; d < hs; d += Lanes) (x.Bf16 ? Bf16.Load(row, d) : F32.Load(row, d)).Store(target + d);
+                }
             }
-            else if (x.Bf16)
-                for (int d = 0; d < hs; d++) into[(long)d * tp + j] = Bf16.At(row, d);
-            else
-                for (int d = 0; d < hs; d++) into[(long)d * tp + j] = F32.At(row, d);
+            for (int d0 = 0; d0 < hs; d0 += Lanes)
+            {
+                for (int r = 0; r < Lanes; r++) block[r] = Vector512.Load(rows + r * hs + d0);
+                Transpose16(block);
+                for (int c = 0; c < Lanes; c++) block[c].Store(into + (long)(d0 + c) * tp + j0);
+            }
         }
-        for (int d = 0; d < hs; d++) new Span<float>(into + (long)d * tp + t, tp - t).Clear();
     }
+
+    /// <summary>A 16 x 16 fp32 block (16 row vectors) transposed in place: four rounds that swap the off-diagonal
+    /// sub-blocks of width 8, 4, 2, 1 between rows w apart, two two-source permutes per row pair.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose16(Vector512<float>* v)
+    {
+        for (int w = Lanes / 2; w >= 1; w /= 2)
+        {
+            var (low, high) = TransposeIndices(w);
+            for (int r = 0; r < Lanes; r++)
+            {
+                if ((r & w) != 0) continue;
+                var a = v[r];
+                var c = v[r + w];
+                v[r] = Avx512F.PermuteVar16x32x2(a, low, c);
+                v[r + w] = Avx512F.PermuteVar16x32x2(a, high, c);
+            }
+        }
+    }
+
+    /// <summary>Permute indices of <see cref="Transpose16"/>'s round w (at index w). Round w: row r (r &amp; w == 0) keeps its
+    /// lanes i with i &amp; w == 0 and takes lanes i - w of row r + w elsewhere; row r + w gets lanes i + w of row r where
+    /// i &amp; w == 0 and keeps its own elsewhere (indices 16.. name the second source). A nested class: a static
+    /// constructor on CpuKernels itself would add initialisation checks to every kernel's static reads.</summary>
+    private static class TransposeTables
+    {
+        public static readonly Vector512<int>[] Low = Build(high: false), High = Build(high: true);
+
+        private static Vector512<int>[] Build(bool high)
+        {
+            var tables = new Vector512<int>[Lanes];
+            for (int w = 1; w < Lanes; w *= 2)
+            {
+                var index = new int[Lanes];
+                for (int i = 0; i < Lanes; i++)
+                    index[i] = high ? ((i & w) == 0 ? i + w : Lanes + i) : ((i & w) == 0 ? i : Lanes + i - w);
+                tables[w] = Vector512.Create(index);
+            }
+            return tables;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector512<int> Low, Vector512<int> High) TransposeIndices(int w) => (TransposeTables.Low[w], TransposeTables.High[w]);
 
     /// <summary>factor * (x cos + roll(x, hs/2) sinSigned) of one head vector at position t of sequence b: the rotary
     /// embedding in fp32 (hs/2 a multiple of the vector width).</summary>
@@ -307,33 +361,25 @@ internal static unsafe partial class CpuKernels
         }
     }
 
-    /// <summary>A square (n, n) fp32 block transposed, 16 x 16 tiles at a time.</summary>
-    private static void Transpose(float* from, float* to, int n)
-    {
-        for (int i0 = 0; i0 < n; i0 += Lanes)
-            for (int j0 = 0; j0 < n; j0 += Lanes)
-                for (int i = i0; i < i0 + Lanes; i++)
-                {
-                    float* source = from + (long)i * n + j0;
-                    for (int j = 0; j < Lanes; j++) to[(long)(j0 + j) * n + i] = source[j];
-                }
-    }
-
-    /// <summary>C (m, n) = (or +=) A (m, kn) B (kn, n), all fp32 row-major; m and n multiples of 16 (the padded blocks),
-    /// kn any. <paramref name="causal"/> names the triangle of a row block it may skip.</summary>
+    /// <summary>C (m, n) = (or +=) A (m, kn) B (kn, n), all fp32 row-major, or with <paramref name="transposeA"/> A^T B where
+    /// the stored A is (kn, m) with row stride <paramref name="lda"/> (read column-wise, no transposed copy); m and n
+    /// multiples of 16 (the padded blocks), kn any. <paramref name="causal"/> names the triangle of a row block it may skip.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Gemm(float* a, int lda, float* b, int ldb, float* c, int ldc, int m, int n, int kn, Causal causal, bool accumulate)
+    private static void Gemm(float* a, int lda, float* b, int ldb, float* c, int ldc, int m, int n, int kn, Causal causal, bool accumulate,
+        bool transposeA = false)
     {
+        // Element (row r, k) of the product's A at a + r * rowStep + k * kStep.
+        long rowStep = transposeA ? 1 : lda, kStep = transposeA ? lda : 1;
         for (int i0 = 0; i0 < m; i0 += 4)
         {
             int i1 = i0 + 4;
             int nEnd = causal == Causal.Columns ? Math.Min(n, (i1 + Lanes - 1) / Lanes * Lanes) : n;
             int k0 = causal == Causal.KStart ? Math.Min(i0, kn) : 0;
             int k1 = causal == Causal.KEnd ? Math.Min(i1, kn) : kn;
-            float* arow = a + (long)i0 * lda, crow = c + (long)i0 * ldc;
+            float* arow = a + i0 * rowStep, crow = c + (long)i0 * ldc;
             int j = 0;
-            for (; j + 4 * Lanes <= nEnd; j += 4 * Lanes) Tile4x4(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
-            for (; j < nEnd; j += Lanes) Tile4x1(arow, lda, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
+            for (; j + 4 * Lanes <= nEnd; j += 4 * Lanes) Tile4x4(arow, rowStep, kStep, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
+            for (; j < nEnd; j += Lanes) Tile4x1(arow, rowStep, kStep, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
             if (causal == Causal.Columns && nEnd < n)
                 for (int r = 0; r < 4; r++) new Span<float>(crow + (long)r * ldc + nEnd, n - nEnd).Clear();
         }
@@ -341,30 +387,30 @@ internal static unsafe partial class CpuKernels
 
     // 4 rows of A x 4 vectors of B: 16 accumulators, per k 4 vector loads and 4 broadcasts for 16 FMAs.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile4x4(float* a, int lda, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
+    private static void Tile4x4(float* a, long rowStep, long kStep, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
     {
-        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda;
+        float* a0 = a + k0 * kStep, a1 = a0 + rowStep, a2 = a1 + rowStep, a3 = a2 + rowStep;
         Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default,
             c10 = default, c11 = default, c12 = default, c13 = default,
             c20 = default, c21 = default, c22 = default, c23 = default,
             c30 = default, c31 = default, c32 = default, c33 = default;
-        for (int kk = k0; kk < k1; kk++)
+        for (int kk = k0; kk < k1; kk++, a0 += kStep, a1 += kStep, a2 += kStep, a3 += kStep)
         {
             float* br = b + (long)kk * ldb;
             var b0 = Vector512.Load(br);
             var b1 = Vector512.Load(br + Lanes);
             var b2 = Vector512.Load(br + 2 * Lanes);
             var b3 = Vector512.Load(br + 3 * Lanes);
-            var x = Vector512.Create(a[kk]);
+            var x = Vector512.Create(*a0);
             c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
             c02 = Vector512.FusedMultiplyAdd(x, b2, c02); c03 = Vector512.FusedMultiplyAdd(x, b3, c03);
-            x = Vector512.Create(a1[kk]);
+            x = Vector512.Create(*a1);
             c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
             c12 = Vector512.FusedMultiplyAdd(x, b2, c12); c13 = Vector512.FusedMultiplyAdd(x, b3, c13);
-            x = Vector512.Create(a2[kk]);
+            x = Vector512.Create(*a2);
             c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
             c22 = Vector512.FusedMultiplyAdd(x, b2, c22); c23 = Vector512.FusedMultiplyAdd(x, b3, c23);
-            x = Vector512.Create(a3[kk]);
+            x = Vector512.Create(*a3);
             c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
             c32 = Vector512.FusedMultiplyAdd(x, b2, c32); c33 = Vector512.FusedMultiplyAdd(x, b3, c33);
         }
@@ -378,17 +424,17 @@ internal static unsafe partial class CpuKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile4x1(float* a, int lda, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
+    private static void Tile4x1(float* a, long rowStep, long kStep, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
     {
-        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda;
+        float* a0 = a + k0 * kStep, a1 = a0 + rowStep, a2 = a1 + rowStep, a3 = a2 + rowStep;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
-        for (int kk = k0; kk < k1; kk++)
+        for (int kk = k0; kk < k1; kk++, a0 += kStep, a1 += kStep, a2 += kStep, a3 += kStep)
         {
             var bv = Vector512.Load(b + (long)kk * ldb);
-            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[kk]), bv, c0);
-            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a1[kk]), bv, c1);
-            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a2[kk]), bv, c2);
-            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[kk]), bv, c3);
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(*a0), bv, c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(*a1), bv, c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(*a2), bv, c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(*a3), bv, c3);
         }
         Put(c, c0, accumulate); Put(c + ldc, c1, accumulate); Put(c + 2 * ldc, c2, accumulate); Put(c + 3 * ldc, c3, accumulate);
     }
