@@ -52,15 +52,45 @@ internal static unsafe class AttentionFunction
     /// <paramref name="isCausal"/> (key j visible to query i when j &lt;= i, SDPA's top-left alignment), else where
     /// <paramref name="mask"/> is true, else everywhere. Every query must see at least one key (AttentionInputs.Build
     /// opens the rows of pad queries).</summary>
-    public static Tensor Apply(Tensor q, Tensor k, Tensor v, Tensor? mask, bool isCausal) =>
-        Function.apply(q, k, v, (mask is null || isCausal ? null : mask.contiguous())!, isCausal);
+    public static Tensor Apply(Tensor q, Tensor k, Tensor v, Tensor? mask, bool isCausal)
+    {
+        var (kernelMask, causal) = KernelPattern(mask, isCausal);
+        return Function.apply(q, k, v, kernelMask!, causal);
+    }
 
     /// <summary>As <see cref="Apply"/> on the projection output <paramref name="qkv"/> (B, T, nh + 2 kvh, hs): heads
     /// [0, nh) are the queries, then kvh keys and kvh values; q and k are rotated by the rotary tables
     /// (<see cref="RotaryTables"/>' cos and signed sin in fp32, (B or 1, T, hs)) inside the kernels, and the gradient
     /// is one (B, T, nh + 2 kvh, hs) tensor: no rotary ops, slices or their backwards around the kernels.</summary>
-    public static Tensor ApplyPacked(Tensor qkv, int heads, int kvHeads, Tensor cos, Tensor sinSigned, Tensor? mask, bool isCausal) =>
-        PackedFunction.apply(qkv, cos, sinSigned, (mask is null || isCausal ? null : mask.contiguous())!, isCausal, heads, kvHeads);
+    public static Tensor ApplyPacked(Tensor qkv, int heads, int kvHeads, Tensor cos, Tensor sinSigned, Tensor? mask, bool isCausal)
+    {
+        var (kernelMask, causal) = KernelPattern(mask, isCausal);
+        return PackedFunction.apply(qkv, cos, sinSigned, kernelMask!, causal, heads, kvHeads);
+    }
+
+    /// <summary>The mask and causal flag the kernels run with: no mask under plain causal attention; a mask that hides
+    /// every key after its query (AttentionInputs.Build's padded masks) runs with the causal flag too, so the kernels
+    /// compute only the lower triangle and apply the mask within it; any other mask runs over the full square.</summary>
+    private static (Tensor? Mask, bool Causal) KernelPattern(Tensor? mask, bool isCausal)
+    {
+        if (mask is null || isCausal) return (null, isCausal);
+        var contiguous = mask.contiguous();
+        return (contiguous, WithinCausal(contiguous));
+    }
+
+    /// <summary>Whether a contiguous bool mask (B or 1, 1, T, T) is false everywhere above its diagonal.</summary>
+    private static bool WithinCausal(Tensor mask)
+    {
+        long t = mask.shape[3], matrices = mask.shape[0];
+        var data = (byte*)NativeTensors.Data(mask, ScalarType.Bool);
+        for (long m = 0; m < matrices; m++)
+            for (long i = 0; i < t - 1; i++)
+            {
+                var above = new ReadOnlySpan<byte>(data + (m * t + i) * t + i + 1, (int)(t - i - 1));
+                if (above.ContainsAnyExcept((byte)0)) return false;
+            }
+        return true;
+    }
 
     private static HeadsView View(Tensor x) =>
         new(NativeTensors.StridedData(x, x.dtype), x.dtype == ScalarType.BFloat16, x.stride(0), x.stride(1), x.stride(2));

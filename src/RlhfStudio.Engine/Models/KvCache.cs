@@ -87,7 +87,8 @@ internal static class AttentionInputs
 
     /// <summary>The mask for scaled_dot_product_attention: null with <c>isCausal</c> when plain causal attention is right,
     /// else bool (B or 1, 1, T, past+T), true = attend. Query rows with nothing to attend to (pad queries under left
-    /// padding) are opened to every key: their outputs are ignored, and this keeps softmax free of NaN.</summary>
+    /// padding) are opened to their own key only: their outputs are ignored, softmax stays free of NaN, and every row
+    /// stays within the causal pattern (the CPU attention kernels then skip the upper triangle, as for causal attention).</summary>
     public static (Tensor? Mask, bool IsCausal) Build(Tensor? attentionMask, long past, long length, Device device)
     {
         if (attentionMask is null && past == 0) return (null, length > 1);
@@ -101,8 +102,8 @@ internal static class AttentionInputs
         {
             var keep = attentionMask.to(ScalarType.Bool).unsqueeze(1).unsqueeze(1);                        // (B, 1, 1, S)
             mask = mask.logical_and(keep);                                                                  // (B, 1, T, S)
-            var empty = mask.any(-1, keepdim: true).logical_not();
-            mask = mask.logical_or(empty);
+            var empty = mask.any(-1, keepdim: true).logical_not();                                          // (B, 1, T, 1)
+            mask = mask.logical_or(empty.logical_and(keyPos.eq(queryPos).unsqueeze(0).unsqueeze(0)));
         }
         return (mask.MoveToOuterDisposeScope(), false);
     }

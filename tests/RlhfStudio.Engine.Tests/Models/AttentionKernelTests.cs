@@ -53,6 +53,8 @@ public class AttentionKernelTests
     [InlineData(ScalarType.Float32, 3, 4, 2, 64, "causal", false)]    // grouped kv heads
     [InlineData(ScalarType.Float32, 2, 2, 1, 23, "mask", false)]      // left padding: per-sequence key mask with the causal pattern
     [InlineData(ScalarType.Float32, 2, 2, 2, 19, "none", false)]
+    [InlineData(ScalarType.Float32, 2, 4, 2, 29, "keys", false)]      // a key mask without the causal pattern: the full square
+    [InlineData(ScalarType.BFloat16, 2, 2, 2, 40, "keys", false)]
     [InlineData(ScalarType.Float32, 1, 2, 2, 1, "causal", false)]     // a single token
     [InlineData(ScalarType.BFloat16, 2, 4, 2, 70, "causal", false)]
     [InlineData(ScalarType.BFloat16, 2, 2, 2, 33, "mask", false)]
@@ -80,6 +82,13 @@ public class AttentionKernelTests
             attention[0, TensorIndex.Slice(0, 3)] = torch.zeros(3, dtype: ScalarType.Int64);
             mask = AttentionInputs.Build(attention, 0, length, torch.CPU).Mask;
         }
+        if (pattern == "keys")
+        {
+            // Every query sees every key but the first sequence's last 5 (no causal pattern).
+            var keep = torch.ones([batch, 1, 1, length], dtype: ScalarType.Bool);
+            keep[0, 0, 0, TensorIndex.Slice(length - 5, length)] = torch.zeros(5, dtype: ScalarType.Bool);
+            mask = keep.expand(batch, 1, length, length);
+        }
         RotaryTables? rope = null;
         if (packed)
         {
@@ -100,6 +109,22 @@ public class AttentionKernelTests
             double diff = TestModels.MaxDiff(a, r) / Math.Max(1.0, r.abs().max().item<float>());
             Assert.True(diff < tolerance, $"{dtype} {pattern} packed={packed} {name}: relative difference {diff}");
         }
+    }
+
+    [Fact]
+    public void Padded_masks_stay_within_the_causal_pattern_and_leave_no_query_without_a_key()
+    {
+        using var scope = NewDisposeScope();
+        // Left padding (pad queries would see nothing) and right padding (pad keys after the end).
+        var attention = torch.tensor(new long[,] { { 0, 0, 1, 1, 1 }, { 1, 1, 1, 0, 0 } });
+        var mask = AttentionInputs.Build(attention, 0, 5, torch.CPU).Mask!;
+        Assert.Equal(new long[] { 2, 1, 5, 5 }, mask.shape);
+        Assert.False(mask.logical_and(torch.ones([5, 5], dtype: ScalarType.Bool).triu(1)).any().item<bool>());   // nothing after a query
+        Assert.True(mask.any(-1).all().item<bool>());                                                            // every query sees a key
+        // A pad query under left padding sees only its own key; a real query never sees a pad key.
+        Assert.Equal(new[] { true, false, false, false, false }, mask[0, 0, 0].data<bool>().ToArray());
+        Assert.Equal(new[] { false, true, false, false, false }, mask[0, 0, 1].data<bool>().ToArray());
+        Assert.Equal(new[] { false, false, true, true, true }, mask[0, 0, 4].data<bool>().ToArray());
     }
 
     [Fact]
