@@ -1,5 +1,5 @@
 // Benchmarks of the engine against PyTorch on this machine, one command:
-//   dotnet run -c Release --project bench/RlhfStudio.Bench -- [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S]
+//   dotnet run -c Release --project bench/RlhfStudio.Bench -- [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S] [--rounds N]
 //   ... -- --curves [steps]     bf16-compute vs fp32 training loss curves (tiny config)
 //   ... -- --profile [--only decode-tiny]   where a training step and a decode step spend their time
 using System.Globalization;
@@ -49,12 +49,26 @@ foreach (var spec in Suite.All.Where(s => options.Only.Count == 0 || options.Onl
     Console.Error.WriteLine($"{spec.Id} (load {load}) ...");
     var childArgs = new List<string> { "--child", spec.Id };
     if (options.Quick) childArgs.Add("--quick");
-    var ours = ChildProcess.Run(ChildProcess.Self(childArgs), "ours");
-    // The PPO step's prompt length comes from our tokenizer and template: the PyTorch side gets the same.
-    int? promptTokens = ours?.Phases?.TryGetValue(PpoStep.PromptTokensPhase, out var pt) == true ? (int)pt : null;
-    var torch = peerError is null ? ChildProcess.Run(PyTorchPeer.Workload(spec.Id, options.Quick, promptTokens), "PyTorch") : null;
-    Console.Error.WriteLine($"  ours {ours?.Best:N0} {ours?.Unit} (cpu {ours?.CpuShare:F2}, {ours?.Notes}); PyTorch {torch?.Best:N0} (cpu {torch?.CpuShare:F2}, {torch?.Notes})");
-    rows.Add(new Comparison(spec, ours, torch, load));
+    // --rounds N: the two processes alternate N times and each side keeps its best round (this machine switches
+    // between a fast and a slow mode for tens of seconds, so one pair can catch the two sides in different modes).
+    var oursRounds = new List<Measurement?>();
+    var torchRounds = new List<Measurement?>();
+    for (int round = 0; round < options.Rounds; round++)
+    {
+        var ours = ChildProcess.Run(ChildProcess.Self(childArgs), "ours");
+        // The PPO step's prompt length comes from our tokenizer and template: the PyTorch side gets the same.
+        int? promptTokens = ours?.Phases?.TryGetValue(PpoStep.PromptTokensPhase, out var pt) == true ? (int)pt : null;
+        var torch = peerError is null ? ChildProcess.Run(PyTorchPeer.Workload(spec.Id, options.Quick, promptTokens), "PyTorch") : null;
+        Console.Error.WriteLine($"  ours {ours?.Best:N0} {ours?.Unit} (cpu {ours?.CpuShare:F2}, {ours?.Notes}); PyTorch {torch?.Best:N0} (cpu {torch?.CpuShare:F2}, {torch?.Notes})");
+        oursRounds.Add(ours);
+        torchRounds.Add(torch);
+    }
+    rows.Add(new Comparison(spec, Comparison.BestOf(oursRounds), Comparison.BestOf(torchRounds), load)
+    {
+        RoundRatios = options.Rounds > 1
+            ? oursRounds.Zip(torchRounds, (o, t) => o is not null && t is not null ? o.Best / t.Best : double.NaN).ToList()
+            : null,
+    });
 }
 var loadAfter = Machine.LoadAverage();
 
@@ -65,6 +79,13 @@ rows = rows.Select(r => r with
     PyTorchMfu = Report.Mfu(r.PyTorch, peaks.GetValueOrDefault(r.Spec.DType)),
 }).ToList();
 Report.PrintTable(Console.Out, rows);
+if (options.Rounds > 1)
+{
+    Console.WriteLine();
+    Console.WriteLine($"{options.Rounds} rounds per workload (ours, PyTorch, ours, ...), each side's best round above; ours/PyTorch of each round's pair:");
+    foreach (var r in rows.Where(r => r.RoundRatios is not null))
+        Console.WriteLine($"  {r.Spec.Id}: {string.Join("  ", r.RoundRatios!.Select(x => double.IsNaN(x) ? "-" : $"{x:F2}x"))}");
+}
 Console.WriteLine();
 Console.WriteLine($"MFU = model FLOPs per iteration / best iteration time / machine matmul peak of the row's dtype ({string.Join(", ", peaks.Select(p => $"{p.Key} {p.Value:F0} GFLOP/s"))}: " +
                   $"the best {MatmulPeak.Size}^3 torch.mm of either library in this run);");
@@ -104,9 +125,10 @@ File.WriteAllText(file, JsonSerializer.Serialize(new
 Console.WriteLine($"wrote {file}");
 return 0;
 
-internal sealed record Options(bool Quick, bool NoPyTorch, bool Profile, int? Curves, string? Child, IReadOnlyList<string> Only, double? MaxLoad, int WaitSeconds)
+internal sealed record Options(bool Quick, bool NoPyTorch, bool Profile, int? Curves, string? Child, IReadOnlyList<string> Only, double? MaxLoad, int WaitSeconds,
+    int Rounds)
 {
-    private const string Usage = "usage: RlhfStudio.Bench [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S] | --curves [steps] | --profile [--only training-tiny-bf16]";
+    private const string Usage = "usage: RlhfStudio.Bench [--quick] [--only id,id] [--no-pytorch] [--max-load L] [--wait S] [--rounds N] | --curves [steps] | --profile [--only training-tiny-bf16]";
 
     public static Options? Parse(string[] args)
     {
@@ -115,7 +137,7 @@ internal sealed record Options(bool Quick, bool NoPyTorch, bool Profile, int? Cu
         string? child = null;
         var only = new List<string>();
         double? maxLoad = null;
-        int wait = 180;
+        int wait = 180, rounds = 1;
         for (int i = 0; i < args.Length; i++)
         {
             string? Next() => i + 1 < args.Length ? args[++i] : null;
@@ -132,11 +154,18 @@ internal sealed record Options(bool Quick, bool NoPyTorch, bool Profile, int? Cu
                 case "--only": only.AddRange((Next() ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries)); break;
                 case "--max-load": maxLoad = double.TryParse(Next(), CultureInfo.InvariantCulture, out var l) ? l : null; break;
                 case "--wait": wait = int.TryParse(Next(), CultureInfo.InvariantCulture, out var w) ? w : 180; break;
+                case "--rounds":
+                    if (!int.TryParse(Next(), CultureInfo.InvariantCulture, out rounds) || rounds is < 1 or > 20)
+                    {
+                        Console.Error.WriteLine($"error: --rounds takes a whole number from 1 to 20; {Usage}");
+                        return null;
+                    }
+                    break;
                 default:
                     Console.Error.WriteLine($"error: unknown argument {args[i]}; {Usage}");
                     return null;
             }
         }
-        return new Options(quick, noPyTorch, profile, curves, child, only, maxLoad, wait);
+        return new Options(quick, noPyTorch, profile, curves, child, only, maxLoad, wait, rounds);
     }
 }

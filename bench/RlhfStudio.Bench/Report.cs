@@ -9,6 +9,11 @@ public sealed record Comparison(WorkloadSpec Spec, Measurement? Ours, Measuremen
     public double? Ratio => Ours is not null && PyTorch is not null ? Ours.Best / PyTorch.Best : null;
     public double? OursMfu { get; init; }
     public double? PyTorchMfu { get; init; }
+    /// <summary>ours/PyTorch of each round's pair when the workload ran several rounds (NaN where a side failed).</summary>
+    public IReadOnlyList<double>? RoundRatios { get; init; }
+
+    /// <summary>The round with the best figure (every unit here is higher-is-better), or null when every round failed.</summary>
+    public static Measurement? BestOf(IEnumerable<Measurement?> rounds) => rounds.OfType<Measurement>().MaxBy(m => m.Best);
 }
 
 internal static class Report

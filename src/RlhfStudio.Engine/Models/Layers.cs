@@ -173,12 +173,14 @@ public static class Rotary
 /// and, when known, the same in fp32 as (B, T, hs) contiguous for the attention kernels, which rotate in fp32.</summary>
 internal readonly record struct RotaryTables(Tensor Cos, Tensor SinSigned, Tensor? Cos32 = null, Tensor? SinSigned32 = null)
 {
-    /// <summary>From cos/sin (B, T, hs) as <see cref="Rotary.CosSin"/> returns them (new tensors in the current scope).</summary>
+    /// <summary>From cos/sin (B, T, hs) as <see cref="Rotary.CosSin"/> returns them (new tensors in the current scope),
+    /// with the fp32 tables too.</summary>
     public static RotaryTables From(Tensor cos, Tensor sin)
     {
         long half = sin.shape[^1] / 2;
         var signs = torch.cat([torch.full(half, -1, dtype: sin.dtype, device: sin.device), torch.ones(half, dtype: sin.dtype, device: sin.device)]);
-        return new RotaryTables(cos.unsqueeze(2), (sin * signs).unsqueeze(2));
+        var signed = sin * signs;
+        return new RotaryTables(cos.unsqueeze(2), signed.unsqueeze(2), cos.to(ScalarType.Float32).contiguous(), signed.to(ScalarType.Float32).contiguous());
     }
 }
 
