@@ -139,7 +139,8 @@ internal static unsafe partial class CpuKernels
     }
 
     /// <summary>Row i of the scores in place to probabilities (0 for hidden keys and padding columns); returns the
-    /// log-sum-exp. Padding rows (i >= t) become zero.</summary>
+    /// log-sum-exp. Padding rows (i >= t) become zero. Whole vectors only: the columns between the last visible key and
+    /// the next multiple of 16 are set to -inf first (exp gives 0 there), so no element goes through scalar code.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float SoftmaxRow(float* row, int i, int t, int tp, bool causal, byte* maskRow)
     {
@@ -148,39 +149,31 @@ internal static unsafe partial class CpuKernels
             new Span<float>(row, tp).Clear();
             return 0f;
         }
-        int end = causal ? i + 1 : t;
+        int end = causal ? i + 1 : t, vectorEnd = (end + Lanes - 1) / Lanes * Lanes;
         if (maskRow != null)
             for (int j = 0; j < end; j++)
                 if (maskRow[j] == 0) row[j] = float.NegativeInfinity;
-        int full = end / Lanes * Lanes;
+        for (int j = end; j < vectorEnd; j++) row[j] = float.NegativeInfinity;
         var maxVector = Vector512.Create(float.NegativeInfinity);
-        for (int j = 0; j < full; j += Lanes) maxVector = Vector512.Max(maxVector, Vector512.Load(row + j));
+        for (int j = 0; j < vectorEnd; j += Lanes) maxVector = Vector512.Max(maxVector, Vector512.Load(row + j));
         float max = HorizontalMax(maxVector);
-        for (int j = full; j < end; j++) max = MathF.Max(max, row[j]);
         var shift = Vector512.Create(max);
         var sumVector = Vector512<float>.Zero;
-        for (int j = 0; j < full; j += Lanes)
+        for (int j = 0; j < vectorEnd; j += Lanes)
         {
             var e = Exp(Vector512.Load(row + j) - shift);
             e.Store(row + j);
             sumVector += e;
         }
         float sum = Vector512.Sum(sumVector);
-        for (int j = full; j < end; j++)
-        {
-            float e = MathF.Exp(row[j] - max);
-            row[j] = e;
-            sum += e;
-        }
         var inverse = Vector512.Create(1f / sum);
-        for (int j = 0; j < full; j += Lanes) (Vector512.Load(row + j) * inverse).Store(row + j);
-        for (int j = full; j < end; j++) row[j] /= sum;
-        new Span<float>(row + end, tp - end).Clear();
+        for (int j = 0; j < vectorEnd; j += Lanes) (Vector512.Load(row + j) * inverse).Store(row + j);
+        new Span<float>(row + vectorEnd, tp - vectorEnd).Clear();
         return max + MathF.Log(sum);
     }
 
     /// <summary>Backward rows: p (scores in) to probabilities exp(s - lse), ds (dP in) to dS = P (dP - sum_j P dP), zero
-    /// for hidden keys, padding columns and padding rows.</summary>
+    /// for hidden keys, padding columns and padding rows; whole vectors only, as <see cref="SoftmaxRow"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void ProbabilityAndScoreGradientRow(float* p, float* ds, int i, int t, int tp, bool causal, byte* maskRow, float lse)
     {
@@ -190,31 +183,27 @@ internal static unsafe partial class CpuKernels
             new Span<float>(ds, tp).Clear();
             return;
         }
-        int end = causal ? i + 1 : t;
-        int full = end / Lanes * Lanes;
+        int end = causal ? i + 1 : t, vectorEnd = (end + Lanes - 1) / Lanes * Lanes;
         if (maskRow != null)
             for (int j = 0; j < end; j++)
                 if (maskRow[j] == 0) p[j] = float.NegativeInfinity;
+        for (int j = end; j < vectorEnd; j++)
+        {
+            p[j] = float.NegativeInfinity;
+            ds[j] = 0f;
+        }
         var shift = Vector512.Create(lse);
         var dotVector = Vector512<float>.Zero;
-        for (int j = 0; j < full; j += Lanes)
+        for (int j = 0; j < vectorEnd; j += Lanes)
         {
             var e = Exp(Vector512.Load(p + j) - shift);
             e.Store(p + j);
             dotVector = Vector512.FusedMultiplyAdd(e, Vector512.Load(ds + j), dotVector);
         }
-        float dot = Vector512.Sum(dotVector);
-        for (int j = full; j < end; j++)
-        {
-            float e = MathF.Exp(p[j] - lse);
-            p[j] = e;
-            dot += e * ds[j];
-        }
-        var d = Vector512.Create(dot);
-        for (int j = 0; j < full; j += Lanes) (Vector512.Load(p + j) * (Vector512.Load(ds + j) - d)).Store(ds + j);
-        for (int j = full; j < end; j++) ds[j] = p[j] * (ds[j] - dot);
-        new Span<float>(p + end, tp - end).Clear();
-        new Span<float>(ds + end, tp - end).Clear();
+        var d = Vector512.Create(Vector512.Sum(dotVector));
+        for (int j = 0; j < vectorEnd; j += Lanes) (Vector512.Load(p + j) * (Vector512.Load(ds + j) - d)).Store(ds + j);
+        new Span<float>(p + vectorEnd, tp - vectorEnd).Clear();
+        new Span<float>(ds + vectorEnd, tp - vectorEnd).Clear();
     }
 
     /// <summary>Rows 0..t-1 of head (b, h), rotated by <paramref name="rope"/> unless it is none, into a (tp, hs) fp32 block
@@ -242,7 +231,6 @@ internal static unsafe partial class CpuKernels
     {
         float* rows = stackalloc float[Lanes * hs + Lanes];
         rows = (float*)(((nint)rows + 63) & ~(nint)63);
-        var block = stackalloc Vector512<float>[Lanes];
         for (int j0 = 0; j0 < tp; j0 += Lanes)
         {
             for (int r = 0; r < Lanes; r++)
@@ -257,32 +245,88 @@ internal static unsafe partial class CpuKernels
                     for (int d = 0; d < hs; d += Lanes) (x.Bf16 ? Bf16.Load(row, d) : F32.Load(row, d)).Store(target + d);
                 }
             }
-            for (int d0 = 0; d0 < hs; d0 += Lanes)
-            {
-                for (int r = 0; r < Lanes; r++) block[r] = Vector512.Load(rows + r * hs + d0);
-                Transpose16(block);
-                for (int c = 0; c < Lanes; c++) block[c].Store(into + (long)(d0 + c) * tp + j0);
-            }
+            for (int d0 = 0; d0 < hs; d0 += Lanes) Transpose16(rows + d0, hs, into + (long)d0 * tp + j0, tp);
         }
     }
 
-    /// <summary>A 16 x 16 fp32 block (16 row vectors) transposed in place: four rounds that swap the off-diagonal
-    /// sub-blocks of width 8, 4, 2, 1 between rows w apart, two two-source permutes per row pair.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Transpose16(Vector512<float>* v)
+    /// <summary>The 16 x 16 fp32 block at <paramref name="from"/> (rows <paramref name="fromStride"/> floats apart)
+    /// stored transposed at <paramref name="to"/> (rows <paramref name="toStride"/> apart), in registers: four rounds that
+    /// swap the off-diagonal sub-blocks of width 8, 4, 2, 1 between rows w apart, two two-source permutes per row pair.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Transpose16(float* from, long fromStride, float* to, long toStride)
     {
-        for (int w = Lanes / 2; w >= 1; w /= 2)
-        {
-            var (low, high) = TransposeIndices(w);
-            for (int r = 0; r < Lanes; r++)
-            {
-                if ((r & w) != 0) continue;
-                var a = v[r];
-                var c = v[r + w];
-                v[r] = Avx512F.PermuteVar16x32x2(a, low, c);
-                v[r + w] = Avx512F.PermuteVar16x32x2(a, high, c);
-            }
-        }
+        var r0 = Vector512.Load(from + 0 * fromStride);
+        var r1 = Vector512.Load(from + 1 * fromStride);
+        var r2 = Vector512.Load(from + 2 * fromStride);
+        var r3 = Vector512.Load(from + 3 * fromStride);
+        var r4 = Vector512.Load(from + 4 * fromStride);
+        var r5 = Vector512.Load(from + 5 * fromStride);
+        var r6 = Vector512.Load(from + 6 * fromStride);
+        var r7 = Vector512.Load(from + 7 * fromStride);
+        var r8 = Vector512.Load(from + 8 * fromStride);
+        var r9 = Vector512.Load(from + 9 * fromStride);
+        var r10 = Vector512.Load(from + 10 * fromStride);
+        var r11 = Vector512.Load(from + 11 * fromStride);
+        var r12 = Vector512.Load(from + 12 * fromStride);
+        var r13 = Vector512.Load(from + 13 * fromStride);
+        var r14 = Vector512.Load(from + 14 * fromStride);
+        var r15 = Vector512.Load(from + 15 * fromStride);
+        var low8 = TransposeTables.Low[8];
+        var high8 = TransposeTables.High[8];
+        (r0, r8) = (Avx512F.PermuteVar16x32x2(r0, low8, r8), Avx512F.PermuteVar16x32x2(r0, high8, r8));
+        (r1, r9) = (Avx512F.PermuteVar16x32x2(r1, low8, r9), Avx512F.PermuteVar16x32x2(r1, high8, r9));
+        (r2, r10) = (Avx512F.PermuteVar16x32x2(r2, low8, r10), Avx512F.PermuteVar16x32x2(r2, high8, r10));
+        (r3, r11) = (Avx512F.PermuteVar16x32x2(r3, low8, r11), Avx512F.PermuteVar16x32x2(r3, high8, r11));
+        (r4, r12) = (Avx512F.PermuteVar16x32x2(r4, low8, r12), Avx512F.PermuteVar16x32x2(r4, high8, r12));
+        (r5, r13) = (Avx512F.PermuteVar16x32x2(r5, low8, r13), Avx512F.PermuteVar16x32x2(r5, high8, r13));
+        (r6, r14) = (Avx512F.PermuteVar16x32x2(r6, low8, r14), Avx512F.PermuteVar16x32x2(r6, high8, r14));
+        (r7, r15) = (Avx512F.PermuteVar16x32x2(r7, low8, r15), Avx512F.PermuteVar16x32x2(r7, high8, r15));
+        var low4 = TransposeTables.Low[4];
+        var high4 = TransposeTables.High[4];
+        (r0, r4) = (Avx512F.PermuteVar16x32x2(r0, low4, r4), Avx512F.PermuteVar16x32x2(r0, high4, r4));
+        (r1, r5) = (Avx512F.PermuteVar16x32x2(r1, low4, r5), Avx512F.PermuteVar16x32x2(r1, high4, r5));
+        (r2, r6) = (Avx512F.PermuteVar16x32x2(r2, low4, r6), Avx512F.PermuteVar16x32x2(r2, high4, r6));
+        (r3, r7) = (Avx512F.PermuteVar16x32x2(r3, low4, r7), Avx512F.PermuteVar16x32x2(r3, high4, r7));
+        (r8, r12) = (Avx512F.PermuteVar16x32x2(r8, low4, r12), Avx512F.PermuteVar16x32x2(r8, high4, r12));
+        (r9, r13) = (Avx512F.PermuteVar16x32x2(r9, low4, r13), Avx512F.PermuteVar16x32x2(r9, high4, r13));
+        (r10, r14) = (Avx512F.PermuteVar16x32x2(r10, low4, r14), Avx512F.PermuteVar16x32x2(r10, high4, r14));
+        (r11, r15) = (Avx512F.PermuteVar16x32x2(r11, low4, r15), Avx512F.PermuteVar16x32x2(r11, high4, r15));
+        var low2 = TransposeTables.Low[2];
+        var high2 = TransposeTables.High[2];
+        (r0, r2) = (Avx512F.PermuteVar16x32x2(r0, low2, r2), Avx512F.PermuteVar16x32x2(r0, high2, r2));
+        (r1, r3) = (Avx512F.PermuteVar16x32x2(r1, low2, r3), Avx512F.PermuteVar16x32x2(r1, high2, r3));
+        (r4, r6) = (Avx512F.PermuteVar16x32x2(r4, low2, r6), Avx512F.PermuteVar16x32x2(r4, high2, r6));
+        (r5, r7) = (Avx512F.PermuteVar16x32x2(r5, low2, r7), Avx512F.PermuteVar16x32x2(r5, high2, r7));
+        (r8, r10) = (Avx512F.PermuteVar16x32x2(r8, low2, r10), Avx512F.PermuteVar16x32x2(r8, high2, r10));
+        (r9, r11) = (Avx512F.PermuteVar16x32x2(r9, low2, r11), Avx512F.PermuteVar16x32x2(r9, high2, r11));
+        (r12, r14) = (Avx512F.PermuteVar16x32x2(r12, low2, r14), Avx512F.PermuteVar16x32x2(r12, high2, r14));
+        (r13, r15) = (Avx512F.PermuteVar16x32x2(r13, low2, r15), Avx512F.PermuteVar16x32x2(r13, high2, r15));
+        var low1 = TransposeTables.Low[1];
+        var high1 = TransposeTables.High[1];
+        (r0, r1) = (Avx512F.PermuteVar16x32x2(r0, low1, r1), Avx512F.PermuteVar16x32x2(r0, high1, r1));
+        (r2, r3) = (Avx512F.PermuteVar16x32x2(r2, low1, r3), Avx512F.PermuteVar16x32x2(r2, high1, r3));
+        (r4, r5) = (Avx512F.PermuteVar16x32x2(r4, low1, r5), Avx512F.PermuteVar16x32x2(r4, high1, r5));
+        (r6, r7) = (Avx512F.PermuteVar16x32x2(r6, low1, r7), Avx512F.PermuteVar16x32x2(r6, high1, r7));
+        (r8, r9) = (Avx512F.PermuteVar16x32x2(r8, low1, r9), Avx512F.PermuteVar16x32x2(r8, high1, r9));
+        (r10, r11) = (Avx512F.PermuteVar16x32x2(r10, low1, r11), Avx512F.PermuteVar16x32x2(r10, high1, r11));
+        (r12, r13) = (Avx512F.PermuteVar16x32x2(r12, low1, r13), Avx512F.PermuteVar16x32x2(r12, high1, r13));
+        (r14, r15) = (Avx512F.PermuteVar16x32x2(r14, low1, r15), Avx512F.PermuteVar16x32x2(r14, high1, r15));
+        r0.Store(to + 0 * toStride);
+        r1.Store(to + 1 * toStride);
+        r2.Store(to + 2 * toStride);
+        r3.Store(to + 3 * toStride);
+        r4.Store(to + 4 * toStride);
+        r5.Store(to + 5 * toStride);
+        r6.Store(to + 6 * toStride);
+        r7.Store(to + 7 * toStride);
+        r8.Store(to + 8 * toStride);
+        r9.Store(to + 9 * toStride);
+        r10.Store(to + 10 * toStride);
+        r11.Store(to + 11 * toStride);
+        r12.Store(to + 12 * toStride);
+        r13.Store(to + 13 * toStride);
+        r14.Store(to + 14 * toStride);
+        r15.Store(to + 15 * toStride);
     }
 
     /// <summary>Permute indices of <see cref="Transpose16"/>'s round w (at index w). Round w: row r (r &amp; w == 0) keeps its
@@ -307,8 +351,6 @@ internal static unsafe partial class CpuKernels
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (Vector512<int> Low, Vector512<int> High) TransposeIndices(int w) => (TransposeTables.Low[w], TransposeTables.High[w]);
 
     /// <summary>factor * (x cos + roll(x, hs/2) sinSigned) of one head vector at position t of sequence b: the rotary
     /// embedding in fp32 (hs/2 a multiple of the vector width).</summary>
@@ -379,7 +421,13 @@ internal static unsafe partial class CpuKernels
             float* arow = a + i0 * rowStep, crow = c + (long)i0 * ldc;
             int j = 0;
             for (; j + 4 * Lanes <= nEnd; j += 4 * Lanes) Tile4x4(arow, rowStep, kStep, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
-            for (; j < nEnd; j += Lanes) Tile4x1(arow, rowStep, kStep, b + j, ldb, crow + j, ldc, k0, k1, accumulate);
+            // The last 1-3 vectors of columns in one tile: a 4 x 1 tile loads as often as it multiplies.
+            switch ((nEnd - j) / Lanes)
+            {
+                case 3: Tile4x3(arow, rowStep, kStep, b + j, ldb, crow + j, ldc, k0, k1, accumulate); break;
+                case 2: Tile4x2(arow, rowStep, kStep, b + j, ldb, crow + j, ldc, k0, k1, accumulate); break;
+                case 1: Tile4x1(arow, rowStep, kStep, b + j, ldb, crow + j, ldc, k0, k1, accumulate); break;
+            }
             if (causal == Causal.Columns && nEnd < n)
                 for (int r = 0; r < 4; r++) new Span<float>(crow + (long)r * ldc + nEnd, n - nEnd).Clear();
         }
@@ -421,6 +469,64 @@ internal static unsafe partial class CpuKernels
         Put(c, c20, accumulate); Put(c + Lanes, c21, accumulate); Put(c + 2 * Lanes, c22, accumulate); Put(c + 3 * Lanes, c23, accumulate);
         c += ldc;
         Put(c, c30, accumulate); Put(c + Lanes, c31, accumulate); Put(c + 2 * Lanes, c32, accumulate); Put(c + 3 * Lanes, c33, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile4x3(float* a, long rowStep, long kStep, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
+    {
+        float* a0 = a + k0 * kStep, a1 = a0 + rowStep, a2 = a1 + rowStep, a3 = a2 + rowStep;
+        Vector512<float> c00 = default, c01 = default, c02 = default, c10 = default, c11 = default, c12 = default,
+            c20 = default, c21 = default, c22 = default, c30 = default, c31 = default, c32 = default;
+        for (int kk = k0; kk < k1; kk++, a0 += kStep, a1 += kStep, a2 += kStep, a3 += kStep)
+        {
+            float* br = b + (long)kk * ldb;
+            var b0 = Vector512.Load(br);
+            var b1 = Vector512.Load(br + Lanes);
+            var b2 = Vector512.Load(br + 2 * Lanes);
+            var x = Vector512.Create(*a0);
+            c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01); c02 = Vector512.FusedMultiplyAdd(x, b2, c02);
+            x = Vector512.Create(*a1);
+            c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11); c12 = Vector512.FusedMultiplyAdd(x, b2, c12);
+            x = Vector512.Create(*a2);
+            c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21); c22 = Vector512.FusedMultiplyAdd(x, b2, c22);
+            x = Vector512.Create(*a3);
+            c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31); c32 = Vector512.FusedMultiplyAdd(x, b2, c32);
+        }
+        Put(c, c00, accumulate); Put(c + Lanes, c01, accumulate); Put(c + 2 * Lanes, c02, accumulate);
+        c += ldc;
+        Put(c, c10, accumulate); Put(c + Lanes, c11, accumulate); Put(c + 2 * Lanes, c12, accumulate);
+        c += ldc;
+        Put(c, c20, accumulate); Put(c + Lanes, c21, accumulate); Put(c + 2 * Lanes, c22, accumulate);
+        c += ldc;
+        Put(c, c30, accumulate); Put(c + Lanes, c31, accumulate); Put(c + 2 * Lanes, c32, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile4x2(float* a, long rowStep, long kStep, float* b, int ldb, float* c, int ldc, int k0, int k1, bool accumulate)
+    {
+        float* a0 = a + k0 * kStep, a1 = a0 + rowStep, a2 = a1 + rowStep, a3 = a2 + rowStep;
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default;
+        for (int kk = k0; kk < k1; kk++, a0 += kStep, a1 += kStep, a2 += kStep, a3 += kStep)
+        {
+            float* br = b + (long)kk * ldb;
+            var b0 = Vector512.Load(br);
+            var b1 = Vector512.Load(br + Lanes);
+            var x = Vector512.Create(*a0);
+            c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(*a1);
+            c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(*a2);
+            c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(*a3);
+            c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+        }
+        Put(c, c00, accumulate); Put(c + Lanes, c01, accumulate);
+        c += ldc;
+        Put(c, c10, accumulate); Put(c + Lanes, c11, accumulate);
+        c += ldc;
+        Put(c, c20, accumulate); Put(c + Lanes, c21, accumulate);
+        c += ldc;
+        Put(c, c30, accumulate); Put(c + Lanes, c31, accumulate);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
