@@ -74,7 +74,8 @@ internal static unsafe partial class CpuKernels
         {
             int b = w / heads, h = w % heads, kvh = h / groups;
             LoadRows(q, rope, b, h, t, tp, hs, scale, qs);
-            LoadTransposed(k, rope, b, kvh, t, tp, hs, kt);
+            LoadRows(k, rope, b, kvh, t, tp, hs, 1f, o);                                    // o is free until P V
+            Transpose(o, tp, hs, kt);
             LoadRows(v, default, b, kvh, t, tp, hs, 1f, vv);
             Gemm(qs, hs, kt, tp, p, tp, tp, tp, hs, mode, accumulate: false);            // S = (Q / sqrt(hs)) K^T
             byte* m = mask == null ? null : mask + b * maskBatchStride;
@@ -106,8 +107,9 @@ internal static unsafe partial class CpuKernels
         {
             int b = w / kvHeads, kvh = w % kvHeads;
             LoadRows(k, rope, b, kvh, t, tp, hs, 1f, kk);
-            LoadTransposed(k, rope, b, kvh, t, tp, hs, kt);
-            LoadTransposed(v, default, b, kvh, t, tp, hs, vt);
+            Transpose(kk, tp, hs, kt);
+            LoadRows(v, default, b, kvh, t, tp, hs, 1f, dQ);                                // dQ is free until dS K
+            Transpose(dQ, tp, hs, vt);
             new Span<float>(dK, 2 * (int)block).Clear();   // dK and dV, adjacent
             byte* m = mask == null ? null : mask + b * maskBatchStride;
             for (int h = kvh * groups; h < (kvh + 1) * groups; h++)
@@ -223,30 +225,13 @@ internal static unsafe partial class CpuKernels
         new Span<float>(into + (long)t * hs, (tp - t) * hs).Clear();
     }
 
-    /// <summary>Head (b, h), rotated by <paramref name="rope"/> unless it is none, transposed into an (hs, tp) fp32 block;
-    /// padding columns zero. 16 rows at a time: loaded as vectors, transposed 16 x 16 in registers, stored as whole
-    /// vectors (one cache line each) where a scalar scatter wrote hs lines per row.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void LoadTransposed(in HeadsView x, in RopeView rope, int b, int h, int t, int tp, int hs, float* into)
+    /// <summary>A (tp, hs) fp32 block of rows (padding rows included) transposed into (hs, tp), 16 x 16 at a time in
+    /// registers: whole-vector stores, where a scalar scatter wrote hs cache lines per row.</summary>
+    private static void Transpose(float* rows, int tp, int hs, float* into)
     {
-        float* rows = stackalloc float[Lanes * hs + Lanes];
-        rows = (float*)(((nint)rows + 63) & ~(nint)63);
         for (int j0 = 0; j0 < tp; j0 += Lanes)
-        {
-            for (int r = 0; r < Lanes; r++)
-            {
-                int j = j0 + r;
-                float* target = rows + r * hs;
-                if (j >= t) new Span<float>(target, hs).Clear();
-                else if (!rope.IsNone) LoadRotated(x.Row(b, h, j), x.Bf16, rope, b, j, hs, 1f, target);
-                else
-                {
-                    byte* row = x.Row(b, h, j);
-                    for (int d = 0; d < hs; d += Lanes) (x.Bf16 ? Bf16.Load(row, d) : F32.Load(row, d)).Store(target + d);
-                }
-            }
-            for (int d0 = 0; d0 < hs; d0 += Lanes) Transpose16(rows + d0, hs, into + (long)d0 * tp + j0, tp);
-        }
+            for (int d0 = 0; d0 < hs; d0 += Lanes)
+                Transpose16(rows + (long)j0 * hs + d0, hs, into + (long)d0 * tp + j0, tp);
     }
 
     /// <summary>The 16 x 16 fp32 block at <paramref name="from"/> (rows <paramref name="fromStride"/> floats apart)

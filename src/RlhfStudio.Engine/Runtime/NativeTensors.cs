@@ -16,21 +16,24 @@ internal static unsafe class NativeTensors
     /// <paramref name="dtype"/>. Valid while the tensor lives and is not resized.</summary>
     public static void* Data(Tensor tensor, ScalarType dtype)
     {
-        if (tensor.device_type != DeviceType.CPU) throw new ArgumentException($"expected a CPU tensor, got one on {tensor.device}");
-        if (tensor.dtype != dtype) throw new ArgumentException($"expected a {dtype} tensor, got {tensor.dtype}");
+        var data = FirstElement(tensor, dtype);
         if (!tensor.is_contiguous()) throw new ArgumentException("expected a contiguous tensor");
-        var data = THSTensor_data(tensor.Handle);
-        if (data == IntPtr.Zero) throw new InvalidOperationException("tensor has no storage");
-        return (void*)data;
+        return data;
     }
 
     /// <summary>The first element of a CPU tensor of <paramref name="dtype"/> whose last dimension is contiguous (a
     /// view: narrowed, transposed in its leading dimensions); address elements with <c>tensor.stride()</c>.</summary>
     public static void* StridedData(Tensor tensor, ScalarType dtype)
     {
+        var data = FirstElement(tensor, dtype);
+        if (tensor.ndim == 0 || tensor.stride(-1) != 1) throw new ArgumentException("expected a tensor whose last dimension is contiguous");
+        return data;
+    }
+
+    private static void* FirstElement(Tensor tensor, ScalarType dtype)
+    {
         if (tensor.device_type != DeviceType.CPU) throw new ArgumentException($"expected a CPU tensor, got one on {tensor.device}");
         if (tensor.dtype != dtype) throw new ArgumentException($"expected a {dtype} tensor, got {tensor.dtype}");
-        if (tensor.ndim == 0 || tensor.stride(-1) != 1) throw new ArgumentException("expected a tensor whose last dimension is contiguous");
         var data = THSTensor_data(tensor.Handle);
         if (data == IntPtr.Zero) throw new InvalidOperationException("tensor has no storage");
         return (void*)data;
