@@ -61,9 +61,9 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     internal Tensor forward(Tensor x, bool useKernel)
     {
         using var scope = NewDisposeScope();
-        // Recording gradients on a CPU: one kernel pass each way instead of the ops below and their backwards.
-        if (useKernel && torch.is_grad_enabled() && RmsNormFunction.Covers(x, _weight))
-            return RmsNormFunction.Apply(x, _weight, _epsValue).MoveToOuterDisposeScope();
+        // On a CPU: one kernel pass each way instead of the ops below and their backwards (the forward alone without a graph).
+        if (useKernel && RmsNormFunction.Covers(x, _weight))
+            return (torch.is_grad_enabled() ? RmsNormFunction.Apply(x, _weight, _epsValue) : RmsNormFunction.Infer(x, _weight, _epsValue)).MoveToOuterDisposeScope();
         var h = x.to(ScalarType.Float32);
         if (torch.is_grad_enabled())
         {

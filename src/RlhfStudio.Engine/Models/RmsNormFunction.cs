@@ -1,4 +1,4 @@
-// RMSNorm forward and backward as one CPU kernel pass each (CpuKernels.RmsNormRows), for training forwards: libtorch's
+// RMSNorm forward and backward as one CPU kernel pass each (CpuKernels.RmsNormRows), for every forward (with a graph when recording gradients): libtorch's
 // ops make five passes forward (cast, square, mean, rsqrt product, weight product and cast back) and more backward,
 // over (B, T, C) tensors, 1.4 ms a norm at the tiny bench's 2,048 x 256; the kernels take ~0.3 ms.
 using RlhfStudio.Engine.Runtime;
@@ -17,21 +17,41 @@ internal static class RmsNormFunction
 
     public static Tensor Apply(Tensor x, Tensor weight, double eps) => Function.apply(x, weight, eps);
 
+    /// <summary>The forward alone, for passes that record no gradient (rollout scoring, reference and reward models,
+    /// prefill): the same kernel, no graph node and nothing kept.</summary>
+    public static Tensor Infer(Tensor x, Tensor weight, double eps)
+    {
+        using var inverseRms = torch.empty([x.numel() / x.shape[^1]], dtype: ScalarType.Float32);
+        return Forward(x.contiguous(), weight.contiguous(), (float)eps, inverseRms);
+    }
+
+    /// <summary>Rows at which the forward is split over libtorch's threads (no weight-gradient partials to merge, unlike
+    /// the backward, which stays on one thread).</summary>
+    private const int ParallelRows = 256;
+
+    /// <summary>y = RMSNorm(x) in x's dtype, 1 / rms of each row into <paramref name="inverseRms"/>.</summary>
+    private static unsafe Tensor Forward(Tensor x, Tensor weight, float eps, Tensor inverseRms)
+    {
+        long n = x.shape[^1], rows = x.numel() / n;
+        bool bf16 = x.dtype == ScalarType.BFloat16;
+        var y = torch.empty_like(x);
+        byte* xs = (byte*)NativeTensors.Data(x, x.dtype), ys = (byte*)NativeTensors.Data(y, y.dtype);
+        float* w = (float*)NativeTensors.Data(weight, ScalarType.Float32), inv = (float*)NativeTensors.Data(inverseRms, ScalarType.Float32);
+        WorkerTeam.ForRanges((int)rows, rows >= ParallelRows ? torch.get_num_threads() : 1, (r0, r1, _) =>
+            CpuKernels.RmsNormRows(xs, bf16, (int)n, w, eps, r0, r1, inv, ys));
+        return y;
+    }
+
     private sealed class Function : autograd.SingleTensorFunction<Function>
     {
         public override string Name => "RmsNorm";
 
-        public override unsafe Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
         {
             var x = ((Tensor)vars[0]).contiguous();
             var weight = ((Tensor)vars[1]).contiguous();
-            float eps = (float)(double)vars[2];
-            long n = x.shape[^1], rows = x.numel() / n;
-            bool bf16 = x.dtype == ScalarType.BFloat16;
-            var y = torch.empty_like(x);
-            var inverseRms = torch.empty([rows], dtype: ScalarType.Float32);
-            CpuKernels.RmsNormRows((byte*)NativeTensors.Data(x, x.dtype), bf16, (int)n, (float*)NativeTensors.Data(weight, ScalarType.Float32), eps, 0, (int)rows,
-                (float*)NativeTensors.Data(inverseRms, ScalarType.Float32), (byte*)NativeTensors.Data(y, y.dtype));
+            var inverseRms = torch.empty([x.numel() / x.shape[^1]], dtype: ScalarType.Float32);
+            var y = RmsNormFunction.Forward(x, weight, (float)(double)vars[2], inverseRms);
             ctx.save_for_backward([x, weight, inverseRms]);
             return y;
         }

@@ -5,7 +5,8 @@ using static TorchSharp.torch;
 
 namespace RlhfStudio.Engine.Tests.Models;
 
-/// <summary>RMSNorm through the CPU kernels (training forwards) against the libtorch ops: output and both gradients.</summary>
+/// <summary>RMSNorm through the CPU kernels against the libtorch ops: output and both gradients, and the forward alone
+/// without a graph.</summary>
 public class RmsNormKernelTests
 {
     private static (Tensor Y, Tensor Dx, Tensor Dw) Run(RmsNorm norm, Tensor x0, Tensor upstream, bool kernel)
@@ -38,5 +39,26 @@ public class RmsNormKernelTests
             double diff = TestModels.MaxRel(a, r);
             Assert.True(diff < tolerance, $"{dtype} {name}: relative difference {diff}");
         }
+    }
+
+    [Theory]
+    [InlineData(ScalarType.Float32, 5)]
+    [InlineData(ScalarType.BFloat16, 5)]
+    [InlineData(ScalarType.BFloat16, 600)]   // rows split over the threads
+    public void Without_a_graph_the_kernel_gives_the_libtorch_output(ScalarType dtype, int rows)
+    {
+        if (!CpuKernels.IsSupported) return;
+        using var scope = NewDisposeScope();
+        var gen = new Generator(9);
+        using var norm = new RmsNorm(64, 1e-6, ScalarType.Float32, null);
+        using (torch.no_grad()) norm.weight.copy_(torch.rand([64], generator: gen) + 0.5);
+        var x = (torch.randn([rows, 64], generator: gen) * 3).to(dtype);
+        using var noGrad = torch.no_grad();
+        var fused = norm.forward(x, useKernel: true);
+        var reference = norm.forward(x, useKernel: false);
+        Assert.Equal(dtype, fused.dtype);
+        double diff = TestModels.MaxRel(fused.to(ScalarType.Float32), reference.to(ScalarType.Float32));
+        Assert.True(diff < (dtype == ScalarType.Float32 ? 1e-5 : 1e-2), $"{dtype} x {rows}: relative difference {diff}");
+        Assert.False(fused.requires_grad);
     }
 }

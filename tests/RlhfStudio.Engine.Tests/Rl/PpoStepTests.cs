@@ -88,9 +88,10 @@ public class PpoStepTests
         loss.Dispose();
 
         // TRL's route: values and log-probabilities both read in the sampling loop (no policy forward) match the
-        // forward's in fp32.
-        using var sampled = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2) with { LogProbsFromSampling = true }, seed: 12);
-        using var recomputed = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(forwardBatch: 2), seed: 12);
+        // forward's in fp32; 40 tokens cross the sampling loop's 32-step readout blocks.
+        using var sampled = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(maxNewTokens: 40, forwardBatch: 2) with { LogProbsFromSampling = true }, seed: 12);
+        using var recomputed = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(maxNewTokens: 40, forwardBatch: 2), seed: 12);
+        Assert.Equal(40, sampled.Batch.ResponseLength);
         Assert.True(sampled.Batch.Ids.equal(recomputed.Batch.Ids).all().item<bool>());
         Assert.True((sampled.Values! - recomputed.Values!).abs().max().item<float>() < 1e-4);
         Assert.True((sampled.LogProbs - recomputed.LogProbs).abs().max().item<float>() < 1e-4);
