@@ -50,6 +50,8 @@ public abstract class TransformerModel : nn.Module
         {
             if (value is ScalarType v && !RlhfStudio.Engine.IO.SafeTensorsDType.IsFloating(v))
                 throw new ArgumentException($"compute dtype must be floating point, got {v}", nameof(value));
+            if (_inferenceScopes > 0 && value != ComputeDType)
+                throw new InvalidOperationException("the compute dtype cannot change while an inference-weights scope is open (its copies are in the old one)");
             Trunk.ComputeDType = value;
             foreach (var p in Projections()) p.Projection.ComputeDType = value;
         }

@@ -1,3 +1,4 @@
+using RlhfStudio.Engine.Models;
 using RlhfStudio.Engine.Tests.Models;
 using RlhfStudio.Engine.Tests.Trainers;
 using RlhfStudio.Engine.Adapters;
@@ -99,11 +100,13 @@ public class PpoStepTests
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void Kl_is_zero_when_the_policy_equals_the_reference(bool lora)
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    [InlineData(true, true)]
+    [InlineData(false, true)]   // bf16 compute: the frozen copy's run-long bf16 weights compute what the policy's per-rollout ones do
+    public void Kl_is_zero_when_the_policy_equals_the_reference(bool lora, bool bf16)
     {
-        using var models = RlTestKit.Models(lora);
+        using var models = RlTestKit.Models(lora, computeDType: bf16 ? ScalarType.BFloat16 : null);
         using var rollout = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(), seed: 2);
         Assert.True(rollout.LogProbs.eq(rollout.RefLogProbs).all().item<bool>());
         using var ppo = Ppo();
@@ -119,6 +122,19 @@ public class PpoStepTests
         }
         using var moved = RolloutSampler.Collect(models, RlTestKit.Prompts(4), RlTestKit.Settings(), seed: 2);
         Assert.False(moved.LogProbs.eq(moved.RefLogProbs).all().item<bool>());
+    }
+
+    [Fact]
+    public void A_frozen_reference_keeps_its_inference_weights_for_the_run_and_refuses_a_new_compute_dtype()
+    {
+        using var models = RlTestKit.Models(lora: false, computeDType: ScalarType.BFloat16);
+        var reference = models.ReferenceCopy!;
+        var attention = ((LlamaModel)reference.Trunk).layers[0].self_attn;
+        Assert.Equal(ScalarType.BFloat16, attention.InferenceQkv!.Value.Weight.dtype);
+        using (reference.UseInferenceWeights()) { }                       // a rollout's own scope nests inside the run's
+        Assert.NotNull(attention.InferenceQkv);
+        Assert.Throws<InvalidOperationException>(() => reference.ComputeDType = ScalarType.Float32);
+        Assert.Null(((LlamaModel)models.Policy.Trunk).layers[0].self_attn.InferenceQkv);   // the trained policy keeps none
     }
 
     [Fact]

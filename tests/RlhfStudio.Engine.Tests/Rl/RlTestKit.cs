@@ -36,12 +36,15 @@ internal static class RlTestKit
 
     /// <summary>Policy (LoRA with B = 0, or full with a frozen identical copy as reference), value model (or a value head
     /// on the policy), and the arithmetic scorer unless another is given.</summary>
-    public static RlModels Models(bool lora, bool withValue = true, long seed = 3, bool sharedValueHead = false, ISequenceScorer? scorer = null)
+    public static RlModels Models(bool lora, bool withValue = true, long seed = 3, bool sharedValueHead = false, ISequenceScorer? scorer = null,
+        ScalarType? computeDType = null)
     {
         var policy = Policy(seed);
         CausalLanguageModel? reference = null;
         if (lora) Lora.Apply(policy, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "v_proj"] }, seed);
         else reference = Policy(seed);
+        policy.ComputeDType = computeDType;
+        if (reference is not null) reference.ComputeDType = computeDType;
         ScoreModel? value = null;
         if (withValue && !sharedValueHead)
         {
@@ -51,7 +54,8 @@ internal static class RlTestKit
         var kind = lora ? AdapterKind.Lora : AdapterKind.Full;
         var policyPart = new TrainableModel<CausalLanguageModel>(policy, Tokenizer, PromptTemplates.StackLlama, CPU, kind, "test");
         var valuePart = value is null ? null : new TrainableModel<ScoreModel>(value, Tokenizer, PromptTemplates.StackLlama, CPU, kind, "test");
-        var head = sharedValueHead ? new ValueHead(Config().HiddenSize, null, CPU) : null;
+        if (value is not null) value.ComputeDType = computeDType;
+        var head = sharedValueHead ? new ValueHead(Config().HiddenSize, computeDType, CPU) : null;
         return new RlModels(policyPart, reference, valuePart, scorer ?? BuiltinScorer.Named("arithmetic")!, valueHead: head);
     }
 
