@@ -52,7 +52,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
     private readonly float _eps, _scale;
     private readonly WorkerTeam _team;
     private readonly List<IntPtr> _allocations = [];
-    private readonly Action<int> _matMulJob, _gateUpJob, _attentionJob;
+    private readonly Action<int> _matMulJob, _gateUpJob, _attentionJob, _rowsJob;
 
     // Set by Bind: the cache (per layer [B, kvH, MaxLength, hs], fp32 or bf16), rotary tables and activations (fp32,
     // row-major by batch row: residual stream, normed input, q/k/v, attention output, gate/up, MLP input, scores).
@@ -69,6 +69,8 @@ internal sealed unsafe class CpuDecoder : IDisposable
     private float* _jobInput, _jobOutput;
     private int _jobLdy, _jobLayer, _jobPosition;
     private bool _jobAccumulate;
+    private int _rowsCount;
+    private Action<int, int>? _rowsBody;
 
     private CpuDecoder(CausalLanguageModel model, LayerWeights[] layers, Linear head, List<IntPtr> allocations, int threads)
     {
@@ -95,6 +97,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
         _matMulJob = MatMulPart;
         _gateUpJob = GateUpPart;
         _attentionJob = AttentionPart;
+        _rowsJob = RowsPart;
     }
 
     /// <summary>A decoder over <paramref name="model"/>'s current weights, or null (with the reason) when the model, its
@@ -333,6 +336,22 @@ internal sealed unsafe class CpuDecoder : IDisposable
             CpuKernels.MatMul(adapter.A, x, _batch, 0, rank, _lowRank, rank, accumulate: false);
             CpuKernels.MatMul(adapter.B, _lowRank, _batch, 0, adapter.B.Rows, y + adapter.Offset, ldy, accumulate: true);
         }
+    }
+
+    /// <summary>Runs <paramref name="body"/>(r0, r1) over [0, <paramref name="rows"/>) split across the decoder's threads
+    /// (between steps, e.g. the sampled tokens' log-probabilities over the logits a step returned).</summary>
+    public void ForRows(int rows, Action<int, int> body)
+    {
+        _rowsCount = rows;
+        _rowsBody = body;
+        try { _team.Run(_rowsJob); }
+        finally { _rowsBody = null; }
+    }
+
+    private void RowsPart(int part)
+    {
+        var (start, end) = Share(part, _rowsCount, 1);
+        if (start < end) _rowsBody!(start, end);
     }
 
     private void Parallel(Action<int> job, WeightMatrix weights, float* input, float* output, int ldy, bool accumulate)

@@ -125,9 +125,11 @@ public static partial class TextGenerator
                 var stringStops = host.Record(step, tokens);
                 if (logProbs is not null)
                 {
-                    // The chosen tokens' log-probabilities: on the fused path (AVX-512 CPU) one kernel pass over the logits.
+                    // The chosen tokens' log-probabilities: on the fused path (AVX-512 CPU) one kernel pass over the logits,
+                    // its rows split over the decoder's threads.
                     if (decoder is not null)
-                        LinearLogProbs.SampledTokens(logits, tokens, host.LastStepActive, settings.LogProbTemperature + LogProbTemperatureEpsilon, logProbs, step);
+                        LinearLogProbs.SampledTokens(logits, tokens, host.LastStepActive, settings.LogProbTemperature + LogProbTemperatureEpsilon, logProbs, step,
+                            decoder.ForRows);
                     else
                     {
                         var all = F.log_softmax(logits.div(logProbScale), -1);
