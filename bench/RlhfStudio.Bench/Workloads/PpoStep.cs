@@ -26,6 +26,11 @@ public static class PpoStep
     /// <summary>The prompt of every row (one of the arithmetic task's forms, so the built-in scorer can check answers).</summary>
     public const string Prompt = "Sam has 58 apples and gets 25 more. How many apples does Sam have now?";
 
+    /// <summary>The sampling loop of the sharedValueHead route (log-probabilities and values read per step) over pure
+    /// generation, the two alternating in one process (best of each): with the same-step rollout / sampling ratio it
+    /// gives rollout / pure generation without the drift of the machine's speed between separately timed runs.</summary>
+    public const string SamplingOverPurePhase = "sampling with log-probs and values / pure generation, alternating in one process (best, x1000)";
+
     /// <summary>The phase holding the padded prompt length, read by the runner for the PyTorch side.</summary>
     public const string PromptTokensPhase = "prompt tokens (every row)";
 
@@ -41,7 +46,8 @@ public static class PpoStep
             var (rollout, optimize, total, overSampling) = Steps(folder, modelFolder, prompts, dtype, repetitions, recomputeLogProbs: false);
             var (exactRollout, _, _, exactOverSampling) = Steps(folder, modelFolder, prompts, dtype, repetitions, recomputeLogProbs: true);
             var (sharedRollout, sharedOptimize, sharedTotal, sharedOverSampling) = Steps(folder, modelFolder, prompts, dtype, repetitions, recomputeLogProbs: false, sharedValueHead: true);
-            var (generation, promptTokens) = PureGeneration(Spec(modelFolder, prompts, dtype, repetitions + 1, recomputeLogProbs: false), repetitions);
+            var (generation, withExtras, promptTokens) = PureGeneration(Spec(modelFolder, prompts, dtype, repetitions + 1, recomputeLogProbs: false, sharedValueHead: true),
+                repetitions);
             double best = sharedTotal.Min();
             return new Measurement(id, "steps/min", 60 / best, 60 / Median(sharedTotal), sharedTotal.Count, best * 1000,
                 Notes: $"batch {Batch}, prompt {promptTokens} + {NewTokens} new tokens, {Epochs} epochs, value head on the policy; rollout " +
@@ -58,6 +64,7 @@ public static class PpoStep
                     ["  optimise: 4 PPO epochs (best)"] = optimize.Min() * 1000,
                     ["  rollout (best), policy log-probs recomputed by a forward (recomputeLogProbs)"] = exactRollout.Min() * 1000,
                     ["pure generation, same prompts and settings (best)"] = generation * 1000,
+                    [SamplingOverPurePhase] = withExtras / generation * 1000,
                     ["rollout / its own sampling part, same step (best, x1000): log-probs from sampling"] = overSampling.Min() * 1000,
                     ["rollout / its own sampling part, same step (best, x1000): recomputed log-probs"] = exactOverSampling.Min() * 1000,
                     ["rollout / its own sampling part, same step (best, x1000): sharedValueHead, from sampling"] = sharedOverSampling.Min() * 1000,
@@ -122,8 +129,10 @@ public static class PpoStep
 
     private static double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);
 
-    /// <summary>The first rollout's sampling alone, on a fresh set of the same models; and the prompt length in tokens.</summary>
-    private static (double Seconds, int PromptTokens) PureGeneration(PpoSpec spec, int repetitions)
+    /// <summary>Pure generation (RolloutSampler.Sample alone) on a fresh set of the same models, alternating with the
+    /// sharedValueHead route's sampling loop (log-probabilities and value-head readouts): the best seconds of each, and
+    /// the prompt length in tokens.</summary>
+    private static (double Pure, double WithExtras, int PromptTokens) PureGeneration(PpoSpec spec, int repetitions)
     {
         var (models, prompts) = RlSetup.Build(spec, new MetricsReporter());
         using (models)
@@ -133,18 +142,26 @@ public static class PpoStep
             var settings = new RolloutSettings(spec.Sampling.Temperature, spec.Sampling.MaxNewTokens, [eos], models.Tokenizer.PadId ?? eos, Batch, spec.MissingEosPenalty);
             var batch = prompts.Prompts.Take(Batch).ToList();
             if (batch.Select(p => p.Ids.Count).Distinct().Count() != 1) throw new InvalidOperationException("the bench's prompts differ in length");
-            double best = double.MaxValue;
+            double pure = double.MaxValue, withExtras = double.MaxValue;
             for (int i = 0; i <= repetitions; i++)
-            {
-                var sw = Stopwatch.StartNew();
-                var (sequences, real) = RolloutSampler.Sample(models.Policy, batch, settings, seed: 7 + i);
-                if (i > 0) best = Math.Min(best, sw.Elapsed.TotalSeconds);
-                sequences.Ids.Dispose();
-                sequences.AttentionMask.Dispose();
-                real.Dispose();
-                GC.Collect(0);
-            }
-            return (best, batch[0].Ids.Count);
+                foreach (bool extras in new[] { false, true })
+                {
+                    var sw = Stopwatch.StartNew();
+                    var sampled = RolloutSampler.Sample(models.Policy, batch, settings, seed: 7 + i, withLogProbs: extras, valueHead: extras ? models.ValueHead : null);
+                    double seconds = sw.Elapsed.TotalSeconds;
+                    if (i > 0)
+                    {
+                        if (extras) withExtras = Math.Min(withExtras, seconds);
+                        else pure = Math.Min(pure, seconds);
+                    }
+                    sampled.Batch.Ids.Dispose();
+                    sampled.Batch.AttentionMask.Dispose();
+                    sampled.Real.Dispose();
+                    sampled.LogProbs?.Dispose();
+                    sampled.Values?.Dispose();
+                    GC.Collect(0);
+                }
+            return (pure, withExtras, batch[0].Ids.Count);
         }
     }
 

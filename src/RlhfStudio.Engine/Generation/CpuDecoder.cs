@@ -52,7 +52,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
     private readonly float _eps, _scale;
     private readonly WorkerTeam _team;
     private readonly List<IntPtr> _allocations = [];
-    private readonly Action<int> _matMulJob, _gateUpJob, _attentionJob, _rowsJob;
+    private readonly Action<int> _matMulJob, _gateUpJob, _attentionJob, _logSumExpJob;
 
     // Set by Bind: the cache (per layer [B, kvH, MaxLength, hs], fp32 or bf16), rotary tables and activations (fp32,
     // row-major by batch row: residual stream, normed input, q/k/v, attention output, gate/up, MLP input, scores).
@@ -69,8 +69,9 @@ internal sealed unsafe class CpuDecoder : IDisposable
     private float* _jobInput, _jobOutput;
     private int _jobLdy, _jobLayer, _jobPosition;
     private bool _jobAccumulate;
-    private int _rowsCount;
-    private Action<int, int>? _rowsBody;
+    private float* _jobLogits;
+    private float _jobDivisor;
+    private (float Max, float Sum)[] _logSumExpParts = [];
 
     private CpuDecoder(CausalLanguageModel model, LayerWeights[] layers, Linear head, List<IntPtr> allocations, int threads)
     {
@@ -97,7 +98,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
         _matMulJob = MatMulPart;
         _gateUpJob = GateUpPart;
         _attentionJob = AttentionPart;
-        _rowsJob = RowsPart;
+        _logSumExpJob = LogSumExpPart;
     }
 
     /// <summary>A decoder over <paramref name="model"/>'s current weights, or null (with the reason) when the model, its
@@ -263,9 +264,11 @@ internal sealed unsafe class CpuDecoder : IDisposable
 
     /// <summary>One decode step: embeds <paramref name="tokens"/> (B) at <paramref name="positions"/> (B), runs every layer
     /// (appending keys and values to the cache) and returns the fp32 logits (B, V). With <paramref name="wantHidden"/>,
-    /// also the final normed hidden states (B, C) fp32.</summary>
+    /// also the final normed hidden states (B, C) fp32. With <paramref name="logSumExp"/> (B), also each row's
+    /// log-sum-exp of logits / <paramref name="logSumExpDivisor"/>, computed by the threads that wrote the logits (the
+    /// sampled token's log-probability is then its logit / divisor minus it).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public Tensor Step(long[] tokens, long[] positions, bool wantHidden, out Tensor? hidden)
+    public Tensor Step(long[] tokens, long[] positions, bool wantHidden, out Tensor? hidden, float[]? logSumExp = null, float logSumExpDivisor = 1f)
     {
         var cache = _cache ?? throw new InvalidOperationException("Bind the decoder to a cache first");
         if (tokens.Length != _batch || positions.Length != _batch) throw new ArgumentException($"expected {_batch} tokens and positions");
@@ -315,7 +318,9 @@ internal sealed unsafe class CpuDecoder : IDisposable
         cache.Advance(1);
         CpuKernels.RmsNorm(_x, _batch, _hidden, _finalNorm, _eps, _h);
         var logits = torch.empty([_batch, _vocab], dtype: ScalarType.Float32);
-        Apply(_head, _h, (float*)NativeTensors.Data(logits, ScalarType.Float32), _vocab, accumulate: false);
+        float* logitData = (float*)NativeTensors.Data(logits, ScalarType.Float32);
+        Apply(_head, _h, logitData, _vocab, accumulate: false);
+        if (logSumExp is not null) LogSumExp(logitData, logSumExpDivisor, logSumExp);
         hidden = null;
         if (wantHidden)
         {
@@ -338,20 +343,35 @@ internal sealed unsafe class CpuDecoder : IDisposable
         }
     }
 
-    /// <summary>Runs <paramref name="body"/>(r0, r1) over [0, <paramref name="rows"/>) split across the decoder's threads
-    /// (between steps, e.g. the sampled tokens' log-probabilities over the logits a step returned).</summary>
-    public void ForRows(int rows, Action<int, int> body)
+    /// <summary>Each row's log-sum-exp of <paramref name="logits"/> (B, V) / <paramref name="divisor"/> into
+    /// <paramref name="into"/>: every thread reduces the vocabulary columns its share of the head matmul wrote (still in
+    /// its cache), the parts combined here.</summary>
+    private void LogSumExp(float* logits, float divisor, float[] into)
     {
-        _rowsCount = rows;
-        _rowsBody = body;
-        try { _team.Run(_rowsJob); }
-        finally { _rowsBody = null; }
+        if (into.Length != _batch) throw new ArgumentException($"expected {_batch} log-sum-exp slots");
+        if (_logSumExpParts.Length != _team.Size * _batch) _logSumExpParts = new (float, float)[_team.Size * _batch];
+        _jobLogits = logits;
+        _jobDivisor = divisor;
+        _team.Run(_logSumExpJob);
+        for (int b = 0; b < _batch; b++)
+        {
+            float max = float.NegativeInfinity;
+            for (int part = 0; part < _team.Size; part++) max = MathF.Max(max, _logSumExpParts[part * _batch + b].Max);
+            float sum = 0;
+            for (int part = 0; part < _team.Size; part++)
+            {
+                var (m, s) = _logSumExpParts[part * _batch + b];
+                if (s > 0) sum += s * MathF.Exp(m - max);
+            }
+            into[b] = max + MathF.Log(sum);
+        }
     }
 
-    private void RowsPart(int part)
+    private void LogSumExpPart(int part)
     {
-        var (start, end) = Share(part, _rowsCount, 1);
-        if (start < end) _rowsBody!(start, end);
+        var (start, end) = Share(part, _vocab, 4);   // the head matmul's split (MatMulPart)
+        for (int b = 0; b < _batch; b++)
+            _logSumExpParts[part * _batch + b] = CpuKernels.ScaledExpSum(_jobLogits + (long)b * _vocab, start, end, _jobDivisor);
     }
 
     private void Parallel(Action<int> job, WeightMatrix weights, float* input, float* output, int ldy, bool accumulate)

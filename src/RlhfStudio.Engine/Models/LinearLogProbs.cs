@@ -61,11 +61,9 @@ public static class LinearLogProbs
 
     /// <summary>Writes log_softmax(logits / <paramref name="divisor"/>)[token] of each row of <paramref name="logits"/> (B, V) fp32
     /// on the CPU, into column <paramref name="column"/> of <paramref name="into"/> (B, S) fp32 contiguous, 0 for rows
-    /// not <paramref name="active"/>: a sampling loop's log-probabilities in one row pass (the generator's fused-decode path,
-    /// where libtorch runs single-threaded and its five ops per step cost ~20 ms per rollout), on this thread or split by
-    /// <paramref name="forRows"/>(rows, body(r0, r1)) over the decoder's threads.</summary>
-    internal static unsafe void SampledTokens(Tensor logits, long[] tokens, IReadOnlyList<bool> active, double divisor, Tensor into, long column,
-        Action<int, Action<int, int>>? forRows = null)
+    /// not <paramref name="active"/>: a sampling loop's log-probabilities in one row pass on this thread (the generator's
+    /// fused-decode path, where libtorch runs single-threaded and its five ops per step cost ~20 ms per rollout).</summary>
+    internal static unsafe void SampledTokens(Tensor logits, long[] tokens, IReadOnlyList<bool> active, double divisor, Tensor into, long column)
     {
         if (logits.dtype != ScalarType.Float32 || logits.ndim != 2 || logits.device_type != DeviceType.CPU)
             throw new ArgumentException("logits must be (B, V) fp32 on the CPU");
@@ -77,23 +75,17 @@ public static class LinearLogProbs
         var targets = new long[b];
         for (int r = 0; r < b; r++) targets[r] = active[r] ? tokens[r] : LinearCrossEntropy.IgnoreIndex;
         var values = new float[b];
-        byte* data = (byte*)NativeTensors.Data(logits, ScalarType.Float32);
-        void Rows(int r0, int r1)
+        // Pooled: called every decode step, and a vocabulary above ~21k ids would put a fresh row buffer on the large object heap each time.
+        var scratch = System.Buffers.ArrayPool<float>.Shared.Rent((int)v);
+        long correct = 0, labelled = 0;
+        try
         {
-            // Pooled: called every decode step, and a vocabulary above ~21k ids would put a fresh row buffer on the large object heap each time.
-            var scratch = System.Buffers.ArrayPool<float>.Shared.Rent((int)v);
-            long correct = 0, labelled = 0;
-            try
-            {
-                fixed (long* t = targets)
-                fixed (float* lp = values, s = scratch)
-                    CpuKernels.TokenLogProbRows(data, bf16: false, (int)v, t, LinearCrossEntropy.IgnoreIndex, (float)divisor, r0, r1, lp, null,
-                        keepProbabilities: false, s, ref correct, ref labelled);
-            }
-            finally { System.Buffers.ArrayPool<float>.Shared.Return(scratch); }
+            fixed (long* t = targets)
+            fixed (float* lp = values, s = scratch)
+                CpuKernels.TokenLogProbRows((byte*)NativeTensors.Data(logits, ScalarType.Float32), bf16: false, (int)v, t, LinearCrossEntropy.IgnoreIndex,
+                    (float)divisor, 0, (int)b, lp, null, keepProbabilities: false, s, ref correct, ref labelled);
         }
-        if (forRows is null) Rows(0, (int)b);
-        else forRows((int)b, Rows);
+        finally { System.Buffers.ArrayPool<float>.Shared.Return(scratch); }
         var output = (float*)NativeTensors.Data(into, ScalarType.Float32);
         long stride = into.shape[1];
         for (int r = 0; r < b; r++) output[r * stride + column] = values[r];

@@ -288,6 +288,27 @@ internal static unsafe partial class CpuKernels
         }
     }
 
+    /// <summary>One part of a row's log-sum-exp of x / divisor over columns [c0, c1): their maximum m of x / divisor and
+    /// sum of exp(x / divisor - m) (m = -inf and 0 for an empty range). Parts combine as M = max m, S = sum s e^(m - M),
+    /// log-sum-exp = M + log S.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static (float Max, float Sum) ScaledExpSum(float* x, int c0, int c1, float divisor)
+    {
+        var divide = Vector512.Create(divisor);
+        var maxVector = Vector512.Create(float.NegativeInfinity);
+        int i = c0;
+        for (; i + Lanes <= c1; i += Lanes) maxVector = Vector512.Max(maxVector, Vector512.Load(x + i) / divide);
+        float max = HorizontalMax(maxVector);
+        for (; i < c1; i++) max = MathF.Max(max, x[i] / divisor);
+        if (float.IsNegativeInfinity(max)) return (max, 0f);
+        var shift = Vector512.Create(max);
+        var total = Vector512<float>.Zero;
+        for (i = c0; i + Lanes <= c1; i += Lanes) total += Exp(Vector512.Load(x + i) / divide - shift);
+        float sum = Vector512.Sum(total);
+        for (; i < c1; i++) sum += MathF.Exp(x[i] / divisor - max);
+        return (max, sum);
+    }
+
     /// <summary>v[i] = exp(v[i] - shift) in place; returns the sum.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Exp(float* v, int n, float shift)

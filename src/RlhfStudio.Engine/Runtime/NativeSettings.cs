@@ -6,9 +6,12 @@ namespace RlhfStudio.Engine.Runtime;
 /// <summary>Process-wide native settings the engine needs before libtorch loads: glibc malloc (see
 /// <see cref="NativeAllocator"/>) and how long libtorch's OpenMP threads spin after a parallel region.
 /// libgomp spins 300,000 iterations by default (~5 ms here) before it sleeps, so after every libtorch op its idle
-/// thread keeps the second core busy while our own kernels (attention, SwiGLU, the head's row passes, the fused decode)
-/// want both cores for their WorkerTeam: measured on the tiny bf16 training step, 205-231 ms best with the default
-/// against 176-186 ms with GOMP_SPINCOUNT=10000 (1,000: 188; 30,000: 177-185). libgomp reads the variable once, when it
+/// thread keeps the second core busy while our own threads want it: measured on the tiny bf16 training step when the
+/// training kernels still ran on a team of ours, 205-231 ms best with the default against 176-186 ms with
+/// GOMP_SPINCOUNT=10000 (1,000: 188; 30,000: 177-185). They now run on libtorch's OpenMP team itself (OpenMpTeam), where
+/// the spin count made no difference beyond noise (10,000 vs 300,000, three alternating runs); 10,000 stays for what
+/// still hands the cores from libtorch's team to one of ours (the fused decoder after its prefill; any WorkerTeam where
+/// libgomp is not found). libgomp reads the variable once, when it
 /// loads, so it is set (unless the user set it or OMP_WAIT_POLICY) before the first torch call: by the engine's module
 /// initializer, which runs before any engine type is used, and by <see cref="Apply"/> for hosts that may call TorchSharp
 /// before touching the engine.</summary>
