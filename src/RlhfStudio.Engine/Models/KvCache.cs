@@ -93,6 +93,9 @@ internal static class AttentionInputs
     {
         if (attentionMask is null && past == 0) return (null, length > 1);
         if (attentionMask is null && length == 1) return (null, false);   // one new token sees the whole cache
+        // A mask of ones over whole sequences is plain causal attention (transformers drops it for SDPA too): no
+        // (B, 1, T, T) mask to build, and the kernels skip their per-layer check of it.
+        if (attentionMask is not null && past == 0 && AllOnes(attentionMask)) return (null, length > 1);
         using var scope = NewDisposeScope();
         long total = past + length;
         var keyPos = torch.arange(total, dtype: ScalarType.Int64, device: device).unsqueeze(0);            // (1, S)
@@ -106,5 +109,11 @@ internal static class AttentionInputs
             mask = mask.logical_or(empty.logical_and(keyPos.eq(queryPos).unsqueeze(0).unsqueeze(0)));
         }
         return (mask.MoveToOuterDisposeScope(), false);
+    }
+
+    private static bool AllOnes(Tensor attentionMask)
+    {
+        using var scope = NewDisposeScope();
+        return attentionMask.to(ScalarType.Bool).all().item<bool>();
     }
 }

@@ -128,6 +128,21 @@ public class AttentionKernelTests
     }
 
     [Fact]
+    public void A_mask_of_ones_over_whole_sequences_is_plain_causal_attention()
+    {
+        using var scope = NewDisposeScope();
+        var ones = torch.ones([3, 6], dtype: ScalarType.Int64);
+        Assert.Equal((null, true), AttentionInputs.Build(ones, 0, 6, torch.CPU));
+        Assert.Equal((null, false), AttentionInputs.Build(ones.narrow(1, 0, 1), 0, 1, torch.CPU));      // one token: nothing to hide
+        Assert.NotNull(AttentionInputs.Build(torch.ones([3, 8], dtype: ScalarType.Int64), 2, 6, torch.CPU).Mask);   // after a cache: kept
+        // The model's output is the same with the mask of ones and without a mask.
+        using var model = TestModels.RandomCausal(TestModels.Llama(kvHeads: 2));
+        var ids = torch.randint(0, TestModels.Vocab, [3, 6], generator: new Generator(4), dtype: ScalarType.Int64);
+        using var noGrad = torch.no_grad();
+        Assert.True(TestModels.MaxDiff(model.Forward(ids), model.Forward(ids, ones)) < 1e-6);
+    }
+
+    [Fact]
     public void A_forward_without_gradients_keeps_nothing_for_backward_and_gives_the_same_output()
     {
         if (!CpuKernels.IsSupported) return;
