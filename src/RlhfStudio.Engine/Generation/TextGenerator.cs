@@ -247,7 +247,8 @@ public static partial class TextGenerator
         public void Add(int step, Tensor hidden)
         {
             if (step != _start + _count) throw new InvalidOperationException($"readout steps out of order: {step} after {_start + _count - 1}");
-            _hidden ??= torch.empty([batch, Block, hidden.shape[1]], dtype: hidden.dtype, device: device).DetachFromDisposeScope();
+            // fp32: the fused decoder's states are fp32, the prefill's in the activation dtype; both kept exactly.
+            _hidden ??= torch.empty([batch, Block, hidden.shape[1]], dtype: ScalarType.Float32, device: device).DetachFromDisposeScope();
             _hidden.select(1, _count).copy_(hidden);
             if (++_count == Block) Flush();
         }
