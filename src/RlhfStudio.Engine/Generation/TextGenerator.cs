@@ -193,6 +193,7 @@ public static partial class TextGenerator
         using var scope = NewDisposeScope();
         var scores = suppress is not null && suppress.numel() > 0 ? LogitsWarpers.Suppress(logits, suppress) : logits;
         if (settings.IsGreedy) return scores.argmax(-1).MoveToOuterDisposeScope();
+        if (settings.TopK == 0 && settings.TopP >= 1.0) return Sampling.DrawFromLogits(scores, settings.Temperature, generator).MoveToOuterDisposeScope();
         var warped = LogitsWarpers.Warp(scores, settings.Temperature, settings.TopK, settings.TopP);
         var probs = warped.softmax(-1);
         return Sampling.Draw(probs, generator).MoveToOuterDisposeScope();

@@ -309,6 +309,69 @@ internal static unsafe partial class CpuKernels
         return (max, sum);
     }
 
+    /// <summary>One draw from softmax(x / <paramref name="temperature"/>) over x[0, v) by inverting the cumulative
+    /// distribution with <paramref name="uniform"/> in [0, 1), as Sampling.Draw: the first index whose cumulative weight
+    /// reaches (1 - uniform) x the total, so a zero-weight entry (a -inf logit) is never chosen. Weights are summed per
+    /// 16 (the same float sums in both passes) and accumulated in double. -1 when the row has no finite maximum (NaN or
+    /// all -inf). <paramref name="scratch"/> holds v floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static int SampleRow(float* x, int v, float temperature, float uniform, float* scratch)
+    {
+        bool scale = temperature != 1f;
+        var divide = Vector512.Create(temperature);
+        var maxVector = Vector512.Create(float.NegativeInfinity);
+        int full = v / Lanes * Lanes, i = 0;
+        for (; i < full; i += Lanes)
+        {
+            var s = scale ? Vector512.Load(x + i) / divide : Vector512.Load(x + i);
+            s.Store(scratch + i);
+            maxVector = Vector512.Max(maxVector, s);
+        }
+        float max = HorizontalMax(maxVector);
+        for (; i < v; i++)
+        {
+            scratch[i] = scale ? x[i] / temperature : x[i];
+            max = MathF.Max(max, scratch[i]);
+        }
+        if (!float.IsFinite(max)) return -1;
+        var shift = Vector512.Create(max);
+        double total = 0;
+        for (i = 0; i < full; i += Lanes)
+        {
+            var e = Exp(Vector512.Load(scratch + i) - shift);
+            e.Store(scratch + i);
+            total += Vector512.Sum(e);
+        }
+        for (; i < v; i++)
+        {
+            scratch[i] = MathF.Exp(scratch[i] - max);
+            total += scratch[i];
+        }
+        double target = (1.0 - uniform) * total, cumulative = 0;
+        for (i = 0; i < full; i += Lanes)
+        {
+            double block = Vector512.Sum(Vector512.Load(scratch + i));
+            if (cumulative + block < target)
+            {
+                cumulative += block;
+                continue;
+            }
+            for (int j = i; j < i + Lanes; j++)
+            {
+                cumulative += scratch[j];
+                if (cumulative >= target && scratch[j] > 0) return j;
+            }
+        }
+        for (; i < v; i++)
+        {
+            cumulative += scratch[i];
+            if (cumulative >= target && scratch[i] > 0) return i;
+        }
+        // Rounding left the target just above the last cumulative value: the last entry with weight (the maximum has 1).
+        for (i = v - 1; i > 0 && scratch[i] == 0; i--) { }
+        return i;
+    }
+
     /// <summary>v[i] = exp(v[i] - shift) in place; returns the sum.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Exp(float* v, int n, float shift)
