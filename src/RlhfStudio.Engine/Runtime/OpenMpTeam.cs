@@ -14,6 +14,9 @@ internal static unsafe class OpenMpTeam
     /// <summary>Whether libtorch's libgomp was found (Linux builds of libtorch; otherwise <see cref="WorkerTeam"/> runs the sections).</summary>
     public static bool IsAvailable { get; }
 
+    /// <summary>The libgomp the sections run on, when found.</summary>
+    public static string? LibraryPath { get; }
+
     static OpenMpTeam()
     {
         if (!OperatingSystem.IsLinux()) return;
@@ -22,18 +25,19 @@ internal static unsafe class OpenMpTeam
         string? path = null;
         try
         {
+            // Every loaded libgomp, preferring the one beside libtorch_cpu (another library may have loaded the system's).
+            var loaded = new List<string>();
+            string? torchDirectory = null;
             foreach (var line in File.ReadLines("/proc/self/maps"))
             {
                 int slash = line.IndexOf('/');
                 if (slash < 0) continue;
                 var file = line[slash..];
                 var name = Path.GetFileName(file);
-                if (name.StartsWith("libgomp", StringComparison.Ordinal) && name.Contains(".so", StringComparison.Ordinal))
-                {
-                    path = file;
-                    break;
-                }
+                if (name.StartsWith("libgomp", StringComparison.Ordinal) && name.Contains(".so", StringComparison.Ordinal) && !loaded.Contains(file)) loaded.Add(file);
+                else if (name == "libtorch_cpu.so") torchDirectory ??= Path.GetDirectoryName(file);
             }
+            path = loaded.FirstOrDefault(f => Path.GetDirectoryName(f) == torchDirectory) ?? loaded.FirstOrDefault();
         }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
@@ -45,6 +49,7 @@ internal static unsafe class OpenMpTeam
         Parallel = (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)parallel;
         ThreadNumber = (delegate* unmanaged<int>)number;
         ThreadCount = (delegate* unmanaged<int>)count;
+        LibraryPath = path;
         IsAvailable = true;
     }
 

@@ -12,6 +12,8 @@ public class OpenMpTeamTests
     {
         if (!OperatingSystem.IsLinux()) return;
         Assert.True(OpenMpTeam.IsAvailable);
+        // The copy beside libtorch_cpu.so, the runtime whose threads libtorch's own ops use.
+        Assert.True(File.Exists(Path.Combine(Path.GetDirectoryName(OpenMpTeam.LibraryPath)!, "libtorch_cpu.so")), OpenMpTeam.LibraryPath);
     }
 
     [Theory]
