@@ -369,7 +369,7 @@ internal sealed unsafe class CpuDecoder : IDisposable
 
     private void LogSumExpPart(int part)
     {
-        var (start, end) = Share(part, _vocab, 4);   // the head matmul's split (MatMulPart)
+        var (start, end) = Share(part, _vocab, MatMulRows);   // the head matmul's split (MatMulPart)
         for (int b = 0; b < _batch; b++)
             _logSumExpParts[part * _batch + b] = CpuKernels.ScaledExpSum(_jobLogits + (long)b * _vocab, start, end, _jobDivisor);
     }
@@ -392,9 +392,12 @@ internal sealed unsafe class CpuDecoder : IDisposable
         return (start, Math.Min(count, start + chunk));
     }
 
+    /// <summary>A matmul's output rows go to the threads in multiples of the kernel's 4-row tile.</summary>
+    private const int MatMulRows = 4;
+
     private void MatMulPart(int part)
     {
-        var (start, end) = Share(part, _jobWeights.Rows, 4);
+        var (start, end) = Share(part, _jobWeights.Rows, MatMulRows);
         CpuKernels.MatMul(_jobWeights, _jobInput, _batch, start, end, _jobOutput, _jobLdy, _jobAccumulate);
     }
 

@@ -114,16 +114,19 @@ internal static unsafe class AttentionFunction
     /// <summary>Shapes of one call: b sequences of t tokens, heads query heads over kvHeads, hs wide.</summary>
     private readonly record struct Shape(int B, int Heads, int KvHeads, int T, int Hs);
 
+    /// <summary>The mask's bytes (null without one) and the stride between sequences (0 when one mask serves all).</summary>
+    private static (IntPtr Data, long Stride) MaskOf(Tensor? mask, Shape s) =>
+        mask is null ? (IntPtr.Zero, 0) : ((IntPtr)NativeTensors.Data(mask, ScalarType.Bool), mask.shape[0] == 1 ? 0 : (long)s.T * s.T);
+
     /// <summary>The forward kernels over every (sequence, query head); y (B, T, nh, hs) and, when wanted, lse (B, nh, T).</summary>
     private static void RunForward(in HeadsView q, in HeadsView k, in HeadsView v, RopeView rope, Shape s, Tensor? mask, bool causal, Tensor y, Tensor? lse)
     {
         var (qv, kv, vv, yv) = (q, k, v, TokenMajor(y));
         float* lseData = lse is null ? null : (float*)NativeTensors.Data(lse, ScalarType.Float32);
-        byte* maskData = mask is null ? null : (byte*)NativeTensors.Data(mask, ScalarType.Bool);
-        long maskStride = mask is null || mask.shape[0] == 1 ? 0 : (long)s.T * s.T;
+        var (maskData, maskStride) = MaskOf(mask, s);
         long scratchFloats = CpuKernels.AttentionScratchFloats(s.T, s.Hs);
         WorkerTeam.ForRanges(s.B * s.Heads, torch.get_num_threads(), (w0, w1, _) =>
-            CpuKernels.AttentionForward(qv, kv, vv, rope, s.Heads, s.Heads / s.KvHeads, s.T, s.Hs, causal, maskData, maskStride, yv, lseData, w0, w1,
+            CpuKernels.AttentionForward(qv, kv, vv, rope, s.Heads, s.Heads / s.KvHeads, s.T, s.Hs, causal, (byte*)maskData, maskStride, yv, lseData, w0, w1,
                 CpuKernels.ThreadScratch(scratchFloats)));
     }
 
@@ -133,11 +136,10 @@ internal static unsafe class AttentionFunction
     {
         var (qv, kv, vv, dyv, dqv, dkv, dvv) = (q, k, v, TokenMajor(dy), dq, dk, dv);
         float* lseData = (float*)NativeTensors.Data(lse, ScalarType.Float32);
-        byte* maskData = mask is null ? null : (byte*)NativeTensors.Data(mask, ScalarType.Bool);
-        long maskStride = mask is null || mask.shape[0] == 1 ? 0 : (long)s.T * s.T;
+        var (maskData, maskStride) = MaskOf(mask, s);
         long scratchFloats = CpuKernels.AttentionScratchFloats(s.T, s.Hs);
         WorkerTeam.ForRanges(s.B * s.KvHeads, torch.get_num_threads(), (w0, w1, _) =>
-            CpuKernels.AttentionBackward(qv, kv, vv, rope, dyv, lseData, s.Heads, s.Heads / s.KvHeads, s.T, s.Hs, causal, maskData, maskStride,
+            CpuKernels.AttentionBackward(qv, kv, vv, rope, dyv, lseData, s.Heads, s.Heads / s.KvHeads, s.T, s.Hs, causal, (byte*)maskData, maskStride,
                 dqv, dkv, dvv, w0, w1, CpuKernels.ThreadScratch(scratchFloats)));
     }
 

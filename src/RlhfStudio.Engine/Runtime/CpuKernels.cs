@@ -294,15 +294,12 @@ internal static unsafe partial class CpuKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static (float Max, float Sum) ScaledExpSum(float* x, int c0, int c1, float divisor)
     {
-        var divide = Vector512.Create(divisor);
-        var maxVector = Vector512.Create(float.NegativeInfinity);
-        int i = c0;
-        for (; i + Lanes <= c1; i += Lanes) maxVector = Vector512.Max(maxVector, Vector512.Load(x + i) / divide);
-        float max = HorizontalMax(maxVector);
-        for (; i < c1; i++) max = MathF.Max(max, x[i] / divisor);
+        float max = ScaledMax(x, c0, c1, divisor, null);
         if (float.IsNegativeInfinity(max)) return (max, 0f);
+        var divide = Vector512.Create(divisor);
         var shift = Vector512.Create(max);
         var total = Vector512<float>.Zero;
+        int i;
         for (i = c0; i + Lanes <= c1; i += Lanes) total += Exp(Vector512.Load(x + i) / divide - shift);
         float sum = Vector512.Sum(total);
         for (; i < c1; i++) sum += MathF.Exp(x[i] / divisor - max);
@@ -317,23 +314,9 @@ internal static unsafe partial class CpuKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int SampleRow(float* x, int v, float temperature, float uniform, float* scratch)
     {
-        bool scale = temperature != 1f;
-        var divide = Vector512.Create(temperature);
-        var maxVector = Vector512.Create(float.NegativeInfinity);
-        int full = v / Lanes * Lanes, i = 0;
-        for (; i < full; i += Lanes)
-        {
-            var s = scale ? Vector512.Load(x + i) / divide : Vector512.Load(x + i);
-            s.Store(scratch + i);
-            maxVector = Vector512.Max(maxVector, s);
-        }
-        float max = HorizontalMax(maxVector);
-        for (; i < v; i++)
-        {
-            scratch[i] = scale ? x[i] / temperature : x[i];
-            max = MathF.Max(max, scratch[i]);
-        }
+        float max = ScaledMax(x, 0, v, temperature, scratch);
         if (!float.IsFinite(max)) return -1;
+        int full = v / Lanes * Lanes, i;
         var shift = Vector512.Create(max);
         double total = 0;
         for (i = 0; i < full; i += Lanes)
@@ -370,6 +353,30 @@ internal static unsafe partial class CpuKernels
         // Rounding left the target just above the last cumulative value: the last entry with weight (the maximum has 1).
         for (i = v - 1; i > 0 && scratch[i] == 0; i--) { }
         return i;
+    }
+
+    /// <summary>The maximum of x[i] / <paramref name="divisor"/> over [c0, c1), each quotient also stored to
+    /// <paramref name="into"/>[i] when it is not null.</summary>
+    private static float ScaledMax(float* x, int c0, int c1, float divisor, float* into)
+    {
+        bool scale = divisor != 1f;
+        var divide = Vector512.Create(divisor);
+        var maxVector = Vector512.Create(float.NegativeInfinity);
+        int i = c0;
+        for (; i + Lanes <= c1; i += Lanes)
+        {
+            var q = scale ? Vector512.Load(x + i) / divide : Vector512.Load(x + i);
+            if (into != null) q.Store(into + i);
+            maxVector = Vector512.Max(maxVector, q);
+        }
+        float max = HorizontalMax(maxVector);
+        for (; i < c1; i++)
+        {
+            float q = scale ? x[i] / divisor : x[i];
+            if (into != null) into[i] = q;
+            max = MathF.Max(max, q);
+        }
+        return max;
     }
 
     /// <summary>v[i] = exp(v[i] - shift) in place; returns the sum.</summary>

@@ -83,6 +83,9 @@ public class DpoModelTests(TrainerWorkspace workspace) : IClassFixture<TrainerWo
         {
             Assert.NotNull(fullReference.Copy);
             Assert.All(fullReference.Copy!.parameters(), p => Assert.False(p.requires_grad));
+            // It holds its inference weights for its lifetime (made once, not cast again every step): its compute dtype is fixed.
+            var other = fullReference.Copy.ComputeDType == ScalarType.BFloat16 ? (ScalarType?)null : ScalarType.BFloat16;
+            Assert.Throws<InvalidOperationException>(() => fullReference.Copy.ComputeDType = other);
         }
     }
 

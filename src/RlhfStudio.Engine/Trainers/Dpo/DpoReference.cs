@@ -22,12 +22,15 @@ public sealed class DpoReference : IDisposable
 {
     private readonly CausalLanguageModel _policy;
     private CausalLanguageModel? _copy;
+    private InferenceWeightsScope? _copyWeights;
     private bool _released;
 
     private DpoReference(CausalLanguageModel policy, CausalLanguageModel? copy, string description)
     {
         _policy = policy;
         _copy = copy;
+        // A frozen copy: its compute-dtype (and fused) weights are made once, not cast again by every step's forward.
+        _copyWeights = copy?.UseInferenceWeights();
         Description = description;
     }
 
@@ -108,6 +111,8 @@ public sealed class DpoReference : IDisposable
     /// Later calls that need the reference then fail.</summary>
     public void Release()
     {
+        _copyWeights?.Dispose();
+        _copyWeights = null;
         _copy?.Dispose();
         _copy = null;
         _released = true;

@@ -19,21 +19,24 @@ public interface ISequenceScorer : IDisposable
     Tensor Score(SequenceBatch batch, IReadOnlyList<string> prompts, IReadOnlyList<string> responses);
 }
 
-/// <summary>A reward model: its score at the last real token of each sequence.</summary>
+/// <summary>A reward model: its score at the last real token of each sequence. The model is frozen (set its compute
+/// dtype before): its compute-dtype (and fused) inference weights are made once, for the scorer's lifetime.</summary>
 public sealed class RewardModelScorer(ScoreModel model, string name, bool owned = true) : ISequenceScorer
 {
+    private readonly InferenceWeightsScope _weights = model.UseInferenceWeights();
+
     public ScoreModel Model { get; } = model;
     public string Name { get; } = name;
 
     public Tensor Score(SequenceBatch batch, IReadOnlyList<string> prompts, IReadOnlyList<string> responses)
     {
         using var noGrad = no_grad();
-        using var weights = Model.UseInferenceWeights();
         return SequenceForward.SequenceScores(Model, batch);
     }
 
     public void Dispose()
     {
+        _weights.Dispose();
         if (owned) Model.Dispose();
     }
 }
