@@ -18,6 +18,11 @@ public sealed record Comparison(WorkloadSpec Spec, Measurement? Ours, Measuremen
 
 internal static class Report
 {
+    // bench/pytorch's PPO phases.
+    private const string TorchRollout = "rollout: refreshing the sampling copy and the sampling loop (best)";
+    private const string TorchReference = "  reference pass (best)";
+    private const string TorchExperienceOverRollout = "experience (rollout + reference + scoring) / its rollout phase, same step (best, x1000)";
+
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
     /// <summary>The machine's matmul peak per dtype: the best of either library's measurement in this run.</summary>
@@ -80,29 +85,29 @@ internal static class Report
         var ppo = rows.FirstOrDefault(r => r.Spec.Kind == "ppo");
         if (ppo?.Ours?.Phases is { } phases)
         {
-            double generation = phases["pure generation, same prompts and settings (best)"];
-            double ratio = phases["  rollout (best), policy log-probs from the sampling loop (TRL)"] / generation;
-            double exact = phases["  rollout (best), policy log-probs recomputed by a forward (recomputeLogProbs)"] / generation;
-            double shared = phases["  rollout (best), sharedValueHead"] / generation;
-            double sharedOverSampling = phases["rollout / its own sampling part, same step (best, x1000): sharedValueHead, from sampling"] / 1000;
-            // The verdict: the row's route (value head on the policy) as rollout / its own sampling part (same step) times
-            // that sampling loop / pure generation (alternating in one process); the direct quotient above compares bests
-            // taken minutes apart, and the machine's speed drifts by 10-30% in between.
+            double experienceOverRollout = phases[PpoStep.ExperienceOverRolloutPhase] / 1000;
+            // The verdict: the trainer's rollout phase (the row's route: the sampling loop with the log-probabilities and
+            // values it reads) over pure generation of the same prompts timed after each of the same steps, best over
+            // best; the machine's speed drifts by 10-30% within minutes, so the two are measured interleaved.
+            double? rolloutOverPure = phases.TryGetValue(PpoStep.RolloutOverPurePhase, out var q) ? q / 1000 : null;
             double? samplingOverPure = phases.TryGetValue(PpoStep.SamplingOverPurePhase, out var f) ? f / 1000 : null;
-            double? robust = sharedOverSampling * samplingOverPure;
-            lines.Add($"{(robust is double r ? (r <= 1.2 ? "PASS" : "FAIL") : "?   ")} PPO rollout phase / pure generation at the same size, value head on the policy (the row's route): " +
-                      $"{(robust is double r2 ? $"{r2:F2}x" : "not measured")} = rollout / its own sampling part {sharedOverSampling:F2}x (same step) x sampling with log-probs " +
-                      $"and values / pure generation {(samplingOverPure is double s ? $"{s:F2}x" : "?")} (alternating in one process) (target <= 1.2x)");
-            lines.Add($"     rollout / pure generation timed apart (drifts with the machine's speed): {shared:F2}x value head on the policy, {ratio:F2}x separate value " +
-                      $"model with TRL's log-probs from sampling, {exact:F2}x recomputing them; each against its own sampling part: " +
-                      $"{phases["rollout / its own sampling part, same step (best, x1000): log-probs from sampling"] / 1000:F2}x, " +
-                      $"{phases["rollout / its own sampling part, same step (best, x1000): recomputed log-probs"] / 1000:F2}x");
+            lines.Add($"{(rolloutOverPure is double r ? (r <= 1.2 ? "PASS" : "FAIL") : "?   ")} PPO rollout phase / pure generation at the same size, value head on the policy (the row's route): " +
+                      $"{(rolloutOverPure is double r2 ? $"{r2:F2}x" : "not measured")} (the trainer's rollout phase vs pure generation timed after each of its steps; " +
+                      $"the sampling loop with log-probs and values vs without, alternating outside the trainer: {(samplingOverPure is double s0 ? $"{s0:F2}x" : "?")}) (target <= 1.2x)");
+            lines.Add($"     phases of the step (best, ms): rollout {phases[PpoStep.SharedRolloutPhase]:F0}, reference pass {phases[PpoStep.SharedReferencePhase]:F0}, " +
+                      $"scoring {phases["  scoring (best), sharedValueHead"]:F0}, optimise {phases["  optimise: advantages and 4 PPO epochs (best), sharedValueHead"]:F0}; " +
+                      $"rollout + reference + scoring = {experienceOverRollout:F2}x the rollout phase (same step), " +
+                      $"{(rolloutOverPure is double s ? $"{experienceOverRollout * s:F2}x" : "?")} pure generation");
+            lines.Add($"     separate value model (TRL's PPOTrainer): value pass {phases["  value model pass (best), separate value model"]:F0} ms, everything before the " +
+                      $"optimisation {phases["experience / its rollout phase, same step (best, x1000): separate value model"] / 1000:F2}x its rollout phase; recomputing the " +
+                      $"policy's log-probs: its forward {phases["  policy forward recomputing log-probs (best), recomputeLogProbs"]:F0} ms, " +
+                      $"{phases["experience / its rollout phase, same step (best, x1000): recomputed log-probs"] / 1000:F2}x");
             if (ppo.PyTorch?.Phases is { } torch)
             {
-                lines.Add($"     PyTorch, same route (value head on the policy, log-probs and values from sampling): rollout " +
-                          $"{torch["rollout (best)"]:F0} ms = {torch["rollout / its own sampling part, same step (best, x1000)"] / 1000:F2}x its sampling part " +
-                          $"({torch["  sampling part of the rollout (best)"]:F0} ms); ours {phases["  rollout (best), sharedValueHead"]:F0} ms = " +
-                          $"{torch["rollout (best)"] / phases["  rollout (best), sharedValueHead"]:F2}x faster; whole step {ppo.Ratio:F2}x");
+                lines.Add($"     PyTorch, same route (value head on the policy, log-probs and values from sampling): rollout {torch[TorchRollout]:F0} ms " +
+                          $"(ours {phases[PpoStep.SharedRolloutPhase]:F0} ms, {torch[TorchRollout] / phases[PpoStep.SharedRolloutPhase]:F2}x faster), reference pass " +
+                          $"{torch[TorchReference]:F0} ms (ours {phases[PpoStep.SharedReferencePhase]:F0}), rollout + reference + scoring " +
+                          $"{torch[TorchExperienceOverRollout] / 1000:F2}x its rollout phase; whole step {ppo.Ratio:F2}x");
             }
         }
         return lines;

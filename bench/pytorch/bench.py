@@ -375,9 +375,10 @@ def response_logprobs(model, seq, p):
 def ppo(wid, c, dtype, reps, prompt_tokens):
     """One PPO step as TRL's PPOTrainer with a value head on the policy (AutoModelForCausalLMWithValueHead), given its
     cheapest route: log-probs and values from the sampling loop, a bf16 reference copy made once, a bf16 sampling copy
-    refreshed in place each step, fp32 master weights trained under bf16 autocast. Rollout = sampling + reference
-    forward + rewards (a random score: the arithmetic check on our side is as cheap) + KL-shaped rewards, GAE and
-    whitening; then 4 epochs of one minibatch of 8: clipped policy loss, clipped value loss, grad clip 1.0, AdamW."""
+    refreshed in place each step, fp32 master weights trained under bf16 autocast. Phases as ours: rollout (refreshing
+    the sampling copy and the sampling loop), reference pass, scoring (a random score: the arithmetic check on our side
+    is as cheap); optimise = KL-shaped rewards, GAE and whitening, then 4 epochs of one minibatch of 8: clipped policy
+    loss, clipped value loss, grad clip 1.0, AdamW."""
     if dtype != "bf16":
         raise SystemExit("ppo is measured in bf16 only")
     torch.manual_seed(1)
@@ -390,20 +391,21 @@ def ppo(wid, c, dtype, reps, prompt_tokens):
     g = torch.Generator().manual_seed(5)
     prompts = torch.randint(0, VOCAB, (PPO_BATCH, prompt_tokens), generator=torch.Generator().manual_seed(19))
     p = prompt_tokens
-    timings = dict(rollout=[], sampling=[], optimise=[])
+    timings = dict(rollout=[], reference=[], experience=[], optimise=[])
 
     def step():
         t0 = time.perf_counter()
         with torch.no_grad():
             for ps, pp in zip(sampler.parameters(), policy.parameters()):
                 ps.copy_(pp)
-        t1 = time.perf_counter()
         tokens, logprobs, values = ppo_sample(sampler, prompts, g)
         t2 = time.perf_counter()
         seq = torch.cat([prompts, tokens], 1)
         with torch.inference_mode():
             ref_logprobs, _ = response_logprobs(reference, seq, p)
+        tr = time.perf_counter()
         score = torch.randn(PPO_BATCH, generator=g)
+        te = time.perf_counter()
         kl = logprobs - ref_logprobs
         rewards = -PPO_KL_COEF * kl
         rewards[:, -1] += score
@@ -416,7 +418,6 @@ def ppo(wid, c, dtype, reps, prompt_tokens):
         advantages = torch.stack(advantages_reversed[::-1], 1)
         returns = advantages + values
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        t3 = time.perf_counter()
         for _ in range(PPO_EPOCHS):
             with autocast(dtype):
                 new_logprobs, h = response_logprobs(policy, seq, p)
@@ -431,9 +432,10 @@ def ppo(wid, c, dtype, reps, prompt_tokens):
             opt.step()
             opt.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
-        timings["rollout"].append(t3 - t0)
-        timings["sampling"].append(t2 - t1)
-        timings["optimise"].append(t4 - t3)
+        timings["rollout"].append(t2 - t0)
+        timings["reference"].append(tr - t2)
+        timings["experience"].append(te - t0)
+        timings["optimise"].append(t4 - te)
 
     run = timed(step, 1, reps)
     times = run[0]
@@ -441,13 +443,13 @@ def ppo(wid, c, dtype, reps, prompt_tokens):
     result = rate(wid, "steps/min", 60.0, run, None,
                   f"batch {PPO_BATCH}, prompt {p} + {NEW_TOKENS} new tokens, {PPO_EPOCHS} epochs, value head on the policy")
     timed_from = len(timings["rollout"]) - len(times)
-    rollout, sampling, optimise = (timings[k][timed_from:] for k in ("rollout", "sampling", "optimise"))
+    rollout, reference, experience, optimise = (timings[k][timed_from:] for k in ("rollout", "reference", "experience", "optimise"))
     result["phases"] = {
         "step (best)": best * 1000,
-        "rollout (best)": min(rollout) * 1000,
-        "  sampling part of the rollout (best)": min(sampling) * 1000,
-        "optimise: 4 PPO epochs (best)": min(optimise) * 1000,
-        "rollout / its own sampling part, same step (best, x1000)": min(r / s for r, s in zip(rollout, sampling)) * 1000,
+        "rollout: refreshing the sampling copy and the sampling loop (best)": min(rollout) * 1000,
+        "  reference pass (best)": min(reference) * 1000,
+        "optimise: advantages and 4 PPO epochs (best)": min(optimise) * 1000,
+        "experience (rollout + reference + scoring) / its rollout phase, same step (best, x1000)": min(e / r for e, r in zip(experience, rollout)) * 1000,
     }
     return result
 

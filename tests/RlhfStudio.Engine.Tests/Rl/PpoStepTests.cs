@@ -233,6 +233,14 @@ public class PpoStepTests
         Assert.Equal(4, metrics[MetricNames.Episode]);
         Assert.Equal(0.0, metrics[MetricNames.ObjectiveKl]);   // the first rollout comes from the starting weights
         Assert.True(metrics[RlTrainer.PeakMemoryMetric] > 0);
+        // The step's time by phase: sampling, the reference and value models' passes and scoring each took time (this
+        // setup has a separate value model), and the parts fit inside everything before the optimisation.
+        foreach (var name in new[] { RlTrainer.RolloutSecondsMetric, RlTrainer.ReferenceSecondsMetric, RlTrainer.ValueSecondsMetric, RlTrainer.ScoringSecondsMetric,
+                     RlTrainer.OptimizeSecondsMetric })
+            Assert.True(metrics[name] > 0, $"{name} = {metrics[name]}");
+        double parts = metrics[RlTrainer.RolloutSecondsMetric] + metrics[RlTrainer.PolicyForwardSecondsMetric] + metrics[RlTrainer.ReferenceSecondsMetric] +
+                       metrics[RlTrainer.ValueSecondsMetric] + metrics[RlTrainer.ScoringSecondsMetric];
+        Assert.InRange(parts, 0, metrics[RlTrainer.ExperienceSecondsMetric]);
         var samples = Assert.Single(reporter.SampleLog);
         Assert.All(samples.Rows, r => Assert.NotNull(r.Reference));
         Directory.Delete(output, recursive: true);

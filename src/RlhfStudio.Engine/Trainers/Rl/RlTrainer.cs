@@ -27,11 +27,17 @@ public sealed class RlTrainer
     public const string TrueScoreMetric = "objective/true_score";
     public const string EpisodesPerSecondMetric = "eps";
     public const string PeakMemoryMetric = "memory/peak_rss_mb";
+    // A step's time by phase (the PPO split; see RolloutPhases): the rollout (the sampling loop, with the
+    // log-probabilities and values it reads when they are taken there), the policy's own forward (recomputed
+    // log-probabilities), the reference pass, a separate value model's pass, scoring, all of it together (experience),
+    // and the optimisation (advantages and the PPO epochs).
     public const string RolloutSecondsMetric = "time/rollout_s";
+    public const string PolicyForwardSecondsMetric = "time/policy_forward_s";
+    public const string ReferenceSecondsMetric = "time/reference_s";
+    public const string ValueSecondsMetric = "time/value_s";
+    public const string ScoringSecondsMetric = "time/scoring_s";
+    public const string ExperienceSecondsMetric = "time/experience_s";
     public const string OptimizeSecondsMetric = "time/optimize_s";
-    /// <summary>The sampling part of the rollout (generation, with the sampling loop's log-probabilities and values when
-    /// they are taken there); the rest of time/rollout_s is scoring.</summary>
-    public const string GenerationSecondsMetric = "time/generation_s";
     public const string SampleTable = "rollout";
     /// <summary>Rows of the sample table.</summary>
     public const int SampleRows = 4;
@@ -147,7 +153,7 @@ public sealed class RlTrainer
         meter.Report(_record.Step, "rollout", force: true);
         using var scope = NewDisposeScope();
         using var rollout = RolloutSampler.Collect(_models, prompts, _rollout, StepSeed(stepNumber), _context.Cancellation);
-        double rolloutSeconds = stepClock.Elapsed.TotalSeconds;
+        double experienceSeconds = stepClock.Elapsed.TotalSeconds;
         var metrics = new Dictionary<string, double>(_objective.Prepare(rollout, _kl.Value), StringComparer.Ordinal);
 
         meter.Report(_record.Step, "train", force: true);
@@ -216,9 +222,14 @@ public sealed class RlTrainer
         metrics[MetricNames.TokensPerSecond] = rollout.ResponseTokens / seconds;
         metrics[EpisodesPerSecondMetric] = batch / seconds;
         metrics[KlCoefMetric] = _kl.Value;
-        metrics[RolloutSecondsMetric] = rolloutSeconds;
-        metrics[GenerationSecondsMetric] = rollout.SampleSeconds;
-        metrics[OptimizeSecondsMetric] = seconds - rolloutSeconds;
+        var times = rollout.Times;
+        metrics[RolloutSecondsMetric] = times.Sampling;
+        metrics[PolicyForwardSecondsMetric] = times.PolicyForward;
+        metrics[ReferenceSecondsMetric] = times.Reference;
+        metrics[ValueSecondsMetric] = times.ValueModel;
+        metrics[ScoringSecondsMetric] = times.Scoring;
+        metrics[ExperienceSecondsMetric] = experienceSeconds;
+        metrics[OptimizeSecondsMetric] = seconds - experienceSeconds;
         metrics[PeakMemoryMetric] = PeakMemoryMegabytes();
         if (_arithmeticPrompts)
             metrics[TrueScoreMetric] = rollout.Prompts.Select((p, i) => ArithmeticTask.TryParse(p, out _) ? ArithmeticScorer.Score(p, rollout.Responses[i]) : 0).Average();

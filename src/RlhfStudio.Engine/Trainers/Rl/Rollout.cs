@@ -28,8 +28,8 @@ public sealed class Rollout : IDisposable
     public required IReadOnlyList<string> Responses { get; init; }
     /// <summary>Real response tokens generated.</summary>
     public long ResponseTokens { get; init; }
-    /// <summary>Seconds <see cref="RolloutSampler.Collect"/> spent sampling (the rest of the rollout is scoring).</summary>
-    public double SampleSeconds { get; set; }
+    /// <summary>Seconds spent in each phase of collecting this batch.</summary>
+    public RolloutPhases Times { get; set; } = new();
 
     public int Size => (int)Batch.Ids.shape[0];
 
@@ -44,6 +44,16 @@ public sealed class Rollout : IDisposable
         Scores.Dispose();
         EndedWithStop.Dispose();
     }
+}
+
+/// <summary>Seconds of each phase of collecting a rollout batch, as the PPO step lists them: the rollout proper
+/// (the sampling loop: responses and, when taken there, their log-probabilities and values), the policy's own forward
+/// when log-probabilities (and a value head's values) are recomputed, the reference pass, a separate value model's pass,
+/// and scoring (decoding, the reward, the stop-token checks).</summary>
+public sealed record RolloutPhases(double Sampling = 0, double PolicyForward = 0, double Reference = 0, double ValueModel = 0, double Scoring = 0)
+{
+    /// <summary>The whole collection (everything before the optimisation phase).</summary>
+    public double Total => Sampling + PolicyForward + Reference + ValueModel + Scoring;
 }
 
 /// <summary>How rollouts are sampled.</summary>
@@ -117,7 +127,7 @@ public static class RolloutSampler
         try
         {
             var rollout = Score(models, prompts, batch, real, settings, sampledLogProbs, sampledValues);
-            rollout.SampleSeconds = sampleSeconds;
+            rollout.Times = rollout.Times with { Sampling = sampleSeconds };
             return rollout;
         }
         catch
@@ -140,7 +150,15 @@ public static class RolloutSampler
         using var ownedValues = sampledValues;
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        double Lap()
+        {
+            double seconds = clock.Elapsed.TotalSeconds;
+            clock.Restart();
+            return seconds;
+        }
         var responses = Decode(models, batch.Responses, real);
+        double scoring = Lap();
         var logProbs = new List<Tensor>();
         var refLogProbs = new List<Tensor>();
         var values = new List<Tensor>();
@@ -182,14 +200,17 @@ public static class RolloutSampler
             using (models.Policy.UseInferenceWeights())
                 foreach (var (chunk, chunkReal, _) in chunks)
                     logProbs.Add(SequenceForward.ResponseLogProbs(models.Policy, chunk, chunkReal, settings.Temperature));
+        double policyForward = Lap();
         using (models.UseReference(out var reference))
         using (reference.UseInferenceWeights())
             foreach (var (chunk, chunkReal, _) in chunks)
                 refLogProbs.Add(SequenceForward.ResponseLogProbs(reference, chunk, chunkReal, settings.Temperature));
+        double referencePass = Lap();
         if (models.Value is { } valueModel)
             using (valueModel.UseInferenceWeights())
                 foreach (var (chunk, chunkReal, _) in chunks)
                     values.Add(SequenceForward.ResponseValues(valueModel, chunk, chunkReal));
+        double valuePass = Lap();
         foreach (var (chunk, _, rows) in chunks)
             scores.Add(models.Scorer.Score(chunk, rows.Select(i => prompts[i].Text).ToList(), rows.Select(i => responses[i]).ToList()));
         var stopTensor = torch.tensor(settings.StopIds.ToArray(), dtype: ScalarType.Int64, device: batch.Ids.device);
@@ -199,6 +220,7 @@ public static class RolloutSampler
         // TRL missing_eos_penalty: a response that never stopped is scored lower, so that the policy learns to finish.
         if (settings.MissingEosPenalty is double penalty) score = score - ended.logical_not().to(ScalarType.Float32) * penalty;
         long tokens = real.sum().item<long>();
+        scoring += Lap();
         return new Rollout
         {
             Batch = batch,
@@ -211,6 +233,7 @@ public static class RolloutSampler
             Prompts = prompts.Select(p => p.Text).ToList(),
             Responses = responses,
             ResponseTokens = tokens,
+            Times = new RolloutPhases(PolicyForward: policyForward, Reference: referencePass, ValueModel: valuePass, Scoring: scoring),
         };
     }
 
