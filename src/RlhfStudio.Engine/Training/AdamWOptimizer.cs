@@ -113,6 +113,10 @@ public sealed class AdamWOptimizer : IDisposable
         }
     }
 
+    /// <summary>Whether fp32 parameters go through libtorch's fused kernel in this process (false where the TorchScript
+    /// function does not compile, e.g. a libtorch without <c>_fused_adamw_</c>; the per-tensor update then runs).</summary>
+    internal static bool UsesFusedKernel => FusedAdamW.Available;
+
     private void Update(State s, Tensor grad, double lr)
     {
         var p = s.Target.Parameter;
@@ -160,7 +164,7 @@ public sealed class AdamWOptimizer : IDisposable
                         torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
                                             weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
                         return 0
-                    """);
+                    """ + "\n");   // the TorchScript parser wants the last line ended (a raw literal drops it)
             }
             catch (Exception)
             {
