@@ -97,6 +97,11 @@ public class PpoStepTests
         Assert.True((sampled.Values! - recomputed.Values!).abs().max().item<float>() < 1e-4);
         Assert.True((sampled.LogProbs - recomputed.LogProbs).abs().max().item<float>() < 1e-4);
         Assert.True(sampled.Values!.masked_select(sampled.Real.logical_not()).eq(0).all().item<bool>());
+        // The phases that ran, and only those: this route's rollout has no policy forward and no value model's pass.
+        Assert.Null(sampled.Times.PolicyForward);
+        Assert.Null(sampled.Times.ValueModel);
+        Assert.True(sampled.Times.Sampling > 0 && sampled.Times.Reference > 0);
+        Assert.True(recomputed.Times.PolicyForward > 0);
     }
 
     [Theory]
@@ -238,7 +243,7 @@ public class PpoStepTests
         foreach (var name in new[] { RlTrainer.RolloutSecondsMetric, RlTrainer.ReferenceSecondsMetric, RlTrainer.ValueSecondsMetric, RlTrainer.ScoringSecondsMetric,
                      RlTrainer.OptimizeSecondsMetric })
             Assert.True(metrics[name] > 0, $"{name} = {metrics[name]}");
-        double parts = metrics[RlTrainer.RolloutSecondsMetric] + metrics[RlTrainer.PolicyForwardSecondsMetric] + metrics[RlTrainer.ReferenceSecondsMetric] +
+        double parts = metrics[RlTrainer.RolloutSecondsMetric] + metrics.GetValueOrDefault(RlTrainer.PolicyForwardSecondsMetric) + metrics[RlTrainer.ReferenceSecondsMetric] +
                        metrics[RlTrainer.ValueSecondsMetric] + metrics[RlTrainer.ScoringSecondsMetric];
         Assert.InRange(parts, 0, metrics[RlTrainer.ExperienceSecondsMetric]);
         var samples = Assert.Single(reporter.SampleLog);

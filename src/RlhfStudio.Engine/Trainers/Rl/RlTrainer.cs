@@ -29,8 +29,8 @@ public sealed class RlTrainer
     public const string PeakMemoryMetric = "memory/peak_rss_mb";
     // A step's time by phase (the PPO split; see RolloutPhases): the rollout (the sampling loop, with the
     // log-probabilities and values it reads when they are taken there), the policy's own forward (recomputed
-    // log-probabilities), the reference pass, a separate value model's pass, scoring, all of it together (experience),
-    // and the optimisation (advantages and the PPO epochs).
+    // log-probabilities; only when it runs), the reference pass, a separate value model's pass (only with one), scoring,
+    // all of it together (experience), and the optimisation (advantages and the PPO epochs).
     public const string RolloutSecondsMetric = "time/rollout_s";
     public const string PolicyForwardSecondsMetric = "time/policy_forward_s";
     public const string ReferenceSecondsMetric = "time/reference_s";
@@ -224,9 +224,9 @@ public sealed class RlTrainer
         metrics[KlCoefMetric] = _kl.Value;
         var times = rollout.Times;
         metrics[RolloutSecondsMetric] = times.Sampling;
-        metrics[PolicyForwardSecondsMetric] = times.PolicyForward;
+        if (times.PolicyForward is double policyForward) metrics[PolicyForwardSecondsMetric] = policyForward;
         metrics[ReferenceSecondsMetric] = times.Reference;
-        metrics[ValueSecondsMetric] = times.ValueModel;
+        if (times.ValueModel is double valueModel) metrics[ValueSecondsMetric] = valueModel;
         metrics[ScoringSecondsMetric] = times.Scoring;
         metrics[ExperienceSecondsMetric] = experienceSeconds;
         metrics[OptimizeSecondsMetric] = seconds - experienceSeconds;

@@ -49,11 +49,12 @@ public sealed class Rollout : IDisposable
 /// <summary>Seconds of each phase of collecting a rollout batch, as the PPO step lists them: the rollout proper
 /// (the sampling loop: responses and, when taken there, their log-probabilities and values), the policy's own forward
 /// when log-probabilities (and a value head's values) are recomputed, the reference pass, a separate value model's pass,
-/// and scoring (decoding, the reward, the stop-token checks).</summary>
-public sealed record RolloutPhases(double Sampling = 0, double PolicyForward = 0, double Reference = 0, double ValueModel = 0, double Scoring = 0)
+/// and scoring (decoding, the reward, the stop-token checks). <see cref="PolicyForward"/> and <see cref="ValueModel"/>
+/// are null when that pass did not run (log-probabilities and values from the sampling loop; no separate value model).</summary>
+public sealed record RolloutPhases(double Sampling = 0, double? PolicyForward = null, double Reference = 0, double? ValueModel = null, double Scoring = 0)
 {
     /// <summary>The whole collection (everything before the optimisation phase).</summary>
-    public double Total => Sampling + PolicyForward + Reference + ValueModel + Scoring;
+    public double Total => Sampling + (PolicyForward ?? 0) + Reference + (ValueModel ?? 0) + Scoring;
 }
 
 /// <summary>How rollouts are sampled.</summary>
@@ -176,9 +177,10 @@ public static class RolloutSampler
         // scope opens after the adapters are disabled and closes before they come back (copies never outlive the
         // adapter state they were made in).
         // The sampling loop's log-probabilities (and, with a value head, its values) when it gave them; else a forward.
-        if (sampledLogProbs is not null && (models.ValueHead is null || sampledValues is not null))
+        bool policyForwardRuns = !(sampledLogProbs is not null && (models.ValueHead is null || sampledValues is not null));
+        if (!policyForwardRuns)
         {
-            logProbs.Add(sampledLogProbs);
+            logProbs.Add(sampledLogProbs!);
             if (models.ValueHead is not null) values.Add(sampledValues!);
         }
         else if (models.ValueHead is { } head)
@@ -233,7 +235,8 @@ public static class RolloutSampler
             Prompts = prompts.Select(p => p.Text).ToList(),
             Responses = responses,
             ResponseTokens = tokens,
-            Times = new RolloutPhases(PolicyForward: policyForward, Reference: referencePass, ValueModel: valuePass, Scoring: scoring),
+            Times = new RolloutPhases(PolicyForward: policyForwardRuns ? policyForward : null, Reference: referencePass,
+                ValueModel: models.Value is not null ? valuePass : null, Scoring: scoring),
         };
     }
 
