@@ -67,7 +67,9 @@ public static class PpoStep
             var (generation, withExtras) = pure.Alternating(repetitions);
             int promptTokens = pure.PromptTokens;
             double rolloutOverPure = Best(shared, RlTrainer.RolloutSecondsMetric) / (afterSteps.Min() * 1000);
-            var sharedTotal = shared.Select(StepSeconds).ToList();
+            // The row's figures from as many steps as the PyTorch side times (the extra ones serve the rollout verdict only).
+            var rowSteps = shared.Take(repetitions).ToList();
+            var sharedTotal = rowSteps.Select(StepSeconds).ToList();
             double best = sharedTotal.Min();
             double Best(List<IReadOnlyDictionary<string, double>> steps, string metric) => steps.Min(m => m[metric]) * 1000;
             // Same-step quotients (immune to the machine's speed drifting between separately timed runs).
@@ -75,17 +77,17 @@ public static class PpoStep
                 steps.Min(m => m[RlTrainer.ExperienceSecondsMetric] / m[RlTrainer.RolloutSecondsMetric]) * 1000;
             return new Measurement(id, "steps/min", 60 / best, 60 / Median(sharedTotal), sharedTotal.Count, best * 1000,
                 Notes: $"batch {Batch}, prompt {promptTokens} + {NewTokens} new tokens, {Epochs} epochs, value head on the policy; rollout " +
-                       $"{Best(shared, RlTrainer.RolloutSecondsMetric):F0} ms, reference pass {Best(shared, RlTrainer.ReferenceSecondsMetric):F0} ms; " +
+                       $"{Best(rowSteps, RlTrainer.RolloutSecondsMetric):F0} ms, reference pass {Best(rowSteps, RlTrainer.ReferenceSecondsMetric):F0} ms; " +
                        $"separate value model: step {separate.Min(StepSeconds) * 1000:F0} ms")
             {
                 Phases = new Dictionary<string, double>
                 {
                     [PromptTokensPhase] = promptTokens,
                     ["step (best), value head on the policy's trunk (sharedValueHead), log-probs and values from sampling"] = best * 1000,
-                    [SharedRolloutPhase] = Best(shared, RlTrainer.RolloutSecondsMetric),
-                    [SharedReferencePhase] = Best(shared, RlTrainer.ReferenceSecondsMetric),
-                    ["  scoring (best), sharedValueHead"] = Best(shared, RlTrainer.ScoringSecondsMetric),
-                    ["  optimise: advantages and 4 PPO epochs (best), sharedValueHead"] = Best(shared, RlTrainer.OptimizeSecondsMetric),
+                    [SharedRolloutPhase] = Best(rowSteps, RlTrainer.RolloutSecondsMetric),
+                    [SharedReferencePhase] = Best(rowSteps, RlTrainer.ReferenceSecondsMetric),
+                    ["  scoring (best), sharedValueHead"] = Best(rowSteps, RlTrainer.ScoringSecondsMetric),
+                    ["  optimise: advantages and 4 PPO epochs (best), sharedValueHead"] = Best(rowSteps, RlTrainer.OptimizeSecondsMetric),
                     ["step (best), separate value model, policy log-probs from the sampling loop (TRL)"] = separate.Min(StepSeconds) * 1000,
                     ["  rollout (best), separate value model"] = Best(separate, RlTrainer.RolloutSecondsMetric),
                     ["  reference pass (best), separate value model"] = Best(separate, RlTrainer.ReferenceSecondsMetric),
@@ -94,9 +96,10 @@ public static class PpoStep
                     ["  policy forward recomputing log-probs (best), recomputeLogProbs"] = Best(exact, RlTrainer.PolicyForwardSecondsMetric),
                     ["pure generation, same prompts and settings (best)"] = generation * 1000,
                     [SamplingOverPurePhase] = withExtras / generation * 1000,
-                    ["pure generation after each step of the row's route (best)"] = afterSteps.Min() * 1000,
+                    ["rollout phase in the trainer, best of all the row's route's steps"] = Best(shared, RlTrainer.RolloutSecondsMetric),
+                    ["pure generation after each of those steps (best)"] = afterSteps.Min() * 1000,
                     [RolloutOverPurePhase] = rolloutOverPure * 1000,
-                    [ExperienceOverRolloutPhase] = OverRollout(shared),
+                    [ExperienceOverRolloutPhase] = OverRollout(rowSteps),
                     ["experience / its rollout phase, same step (best, x1000): separate value model"] = OverRollout(separate),
                     ["experience / its rollout phase, same step (best, x1000): recomputed log-probs"] = OverRollout(exact),
                 },
