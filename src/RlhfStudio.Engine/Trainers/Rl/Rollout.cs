@@ -51,11 +51,7 @@ public sealed class Rollout : IDisposable
 /// when log-probabilities (and a value head's values) are recomputed, the reference pass, a separate value model's pass,
 /// and scoring (decoding, the reward, the stop-token checks). <see cref="PolicyForward"/> and <see cref="ValueModel"/>
 /// are null when that pass did not run (log-probabilities and values from the sampling loop; no separate value model).</summary>
-public sealed record RolloutPhases(double Sampling = 0, double? PolicyForward = null, double Reference = 0, double? ValueModel = null, double Scoring = 0)
-{
-    /// <summary>The whole collection (everything before the optimisation phase).</summary>
-    public double Total => Sampling + (PolicyForward ?? 0) + Reference + (ValueModel ?? 0) + Scoring;
-}
+public sealed record RolloutPhases(double Sampling = 0, double? PolicyForward = null, double Reference = 0, double? ValueModel = null, double Scoring = 0);
 
 /// <summary>How rollouts are sampled.</summary>
 /// <param name="Temperature">Sampling temperature; the log-probabilities use logits / (temperature + 1e-7).</param>
