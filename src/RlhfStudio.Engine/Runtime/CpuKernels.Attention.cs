@@ -336,7 +336,6 @@ internal static unsafe partial class CpuKernels
         }
     }
 
-
     /// <summary>factor * (x cos + roll(x, hs/2) sinSigned) of one head vector at position t of sequence b: the rotary
     /// embedding in fp32 (hs/2 a multiple of the vector width).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -173,8 +173,8 @@ public static class RolloutSampler
         // scope opens after the adapters are disabled and closes before they come back (copies never outlive the
         // adapter state they were made in).
         // The sampling loop's log-probabilities (and, with a value head, its values) when it gave them; else a forward.
-        bool policyForwardRuns = !(sampledLogProbs is not null && (models.ValueHead is null || sampledValues is not null));
-        if (!policyForwardRuns)
+        bool fromSampling = sampledLogProbs is not null && (models.ValueHead is null || sampledValues is not null);
+        if (fromSampling)
         {
             logProbs.Add(sampledLogProbs!);
             if (models.ValueHead is not null) values.Add(sampledValues!);
@@ -231,7 +231,7 @@ public static class RolloutSampler
             Prompts = prompts.Select(p => p.Text).ToList(),
             Responses = responses,
             ResponseTokens = tokens,
-            Times = new RolloutPhases(PolicyForward: policyForwardRuns ? policyForward : null, Reference: referencePass,
+            Times = new RolloutPhases(PolicyForward: fromSampling ? null : policyForward, Reference: referencePass,
                 ValueModel: models.Value is not null ? valuePass : null, Scoring: scoring),
         };
     }
